@@ -1,0 +1,53 @@
+/* Alpaca-format data (DESIGN.md §2): JSON array of {instruction, input (optional), output}
+ * -> prompt templates -> token ids and labels.
+ * Ownership: alpaca_load()/dataset_build() fill structs the caller frees with
+ * alpaca_free()/dataset_free(). */
+#ifndef DATA_ALPACA_H
+#define DATA_ALPACA_H
+#include <stdint.h>
+#include <stdio.h>
+#include "data/tok.h"
+
+typedef struct alpaca_example {
+    char *instruction;
+    char *input;  /* "" when absent */
+    char *output;
+} alpaca_example;
+
+typedef struct alpaca_set {
+    alpaca_example *ex;
+    int n;
+} alpaca_set;
+
+/* Parses the file. 0, or -1 with one line in err: "FILE: example 12: field \"output\": expected
+ * a string", "FILE: line 3, byte 57: not valid JSON", "FILE: invalid UTF-8 in example 4 ...". */
+int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen);
+void alpaca_free(alpaca_set *s);
+
+/* The template text of DESIGN.md §2 for one example (malloc'ed). */
+char *alpaca_prompt(const char *instruction, const char *input);
+
+/* Tokenized examples, concatenated without padding. */
+typedef struct dataset {
+    int n;              /* examples */
+    int *ids;           /* example_ids of every example back to back */
+    int *labels;        /* same layout: example_ids with the prompt positions set to 0 */
+    int64_t *off;       /* [n+1]: example i is ids[off[i] .. off[i+1]) */
+    /* summary counters */
+    int n_with_input;
+    int n_truncated;    /* examples cut at max_seq_len */
+    int n_no_loss;      /* examples whose labels are all 0 after truncation */
+    int64_t n_loss_tokens; /* non-zero labels after the first position, all examples */
+} dataset;
+
+/* example_ids = [bos] + encode(prompt + output) + [eos], truncated to max_seq_len; the first
+ * len([bos] + encode(prompt)) labels are 0. 0 or -1 with err naming the example. */
+int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len, char *err,
+                  size_t errlen);
+void dataset_free(dataset *d);
+/* Moves the first n_val examples of d into val (the --val-split rule). */
+int dataset_split(dataset *d, dataset *val, int n_val, char *err, size_t errlen);
+/* The summary printed at the start of training: examples, with/without input, token length
+ * mean/p50/p95/max, truncated, without loss tokens, loss tokens per epoch. */
+void dataset_summary(const dataset *d, const char *name, FILE *f);
+#endif
