@@ -1,0 +1,94 @@
+/* Kernels: pure math on float pointers and sizes. No allocation (callers pass workspaces), no
+ * tape, no tensors. BLAS and OpenMP appear only in this folder.
+ *
+ * Threading (decided once): big GEMMs call OpenBLAS (OpenMP build) from outside any parallel
+ * region and let it use every thread; loops over rows/heads are `omp parallel for`, and a GEMM
+ * issued inside such a region runs single-threaded (the OpenMP OpenBLAS checks
+ * omp_in_parallel()), so the cores are never oversubscribed.
+ *
+ * Letters: T tokens (rows), NI input width, NO output width (not I/O: complex.h takes I), H query heads, G key/value heads,
+ * D head dim, K adapter prompts, V vocabulary. Backward kernels ACCUMULATE (+=) into gradients.
+ * Backward argument order: gradient outputs, dout, saved inputs/caches, sizes. */
+#ifndef AG_KERNELS_H
+#define AG_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "autograd/tensor.h"
+
+/* ---- GEMM ---------------------------------------------------------------------------------
+ * C[M,N] = alpha * op(A) op(B) + beta * C, row-major, op = transpose when the flag is set.
+ * kn_sgemm goes to OpenBLAS; kn_sgemm_ref is the naive triple loop (double accumulation) that
+ * tests compare it with. */
+void kn_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+void kn_sgemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Rows of W (f32/f16/bf16) converted per tile: this many floats of workspace are needed by the
+ * 16-bit paths of the linear kernels (0 for f32 weights). */
+size_t kn_linear_workspace(ag_dtype wtype, int NI, int NO);
+/* y[T,NO] = x[T,NI] W[NO,NI]^T */
+void kn_linear_forward(float *y, const float *x, const void *W, ag_dtype wtype, int T, int NI, int NO,
+                       float *work);
+/* dx[T,NI] += dy[T,NO] W[NO,NI] */
+void kn_linear_backward_dx(float *dx, const float *dy, const void *W, ag_dtype wtype, int T, int NI,
+                           int NO, float *work);
+/* dW[NO,NI] += dy[T,NO]^T x[T,NI] (f32 weights only) */
+void kn_linear_backward_dw(float *dW, const float *dy, const float *x, int T, int NI, int NO);
+
+/* ---- row-wise ------------------------------------------------------------------------------ */
+/* out[t] = table[ids[t]] (table in any dtype) */
+void kn_embedding_forward(float *out, const void *table, ag_dtype dtype, const int *ids, int T, int C);
+/* dtable[ids[t]] += dout[t] (sequential: repeated ids accumulate) */
+void kn_embedding_backward(float *dtable, const float *dout, const int *ids, int T, int C);
+/* y = x * rstd * w, rstd[t] = 1/sqrt(mean(x[t]^2) + eps); rstd saved for backward */
+void kn_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int T, int C, float eps);
+/* dx (may be NULL) and dw (may be NULL) accumulate */
+void kn_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         const float *rstd, int T, int C);
+/* RoPE, Meta pair layout: in each head of width D, pair (2i, 2i+1) rotated by pos[t]*theta^(-2i/D).
+ * x and y are [T, NH*D]. inverse=1 rotates by the negative angle (the backward pass). */
+void kn_rope(float *y, const float *x, const int *pos, int T, int NH, int D, float theta, int inverse);
+/* out = silu(a) * b, elementwise over n */
+void kn_swiglu_forward(float *out, const float *a, const float *b, size_t n);
+void kn_swiglu_backward(float *da, float *db, const float *dout, const float *a, const float *b, size_t n);
+/* out[i] = x[idx[i]] rows of width C; backward scatters (sequential) */
+void kn_gather_forward(float *out, const float *x, const int *idx, int n, int C);
+void kn_gather_backward(float *dx, const float *dout, const int *idx, int n, int C);
+
+/* ---- attention -----------------------------------------------------------------------------
+ * Causal attention over n_seq sequences packed back to back, each attending only to itself,
+ * grouped-query heads (head h uses kv head h / (H/G)), plus the gated adapter prefix of
+ * DESIGN.md §1 (separate softmax over the K prompts, scaled by gval[h], no RoPE):
+ *   o = softmax(q k^T / sqrt(D), causal) v + gval[h] * softmax(q ka^T / sqrt(D)) va
+ * Sequence s has queries q rows [qo[s], qo[s+1]) and keys k/v rows [ko[s], ko[s+1]); the nq
+ * queries are the LAST nq positions of its nk >= nq keys (nq == nk in training; a KV cache in
+ * generation). q, out: [Tq, H*D]; k, v: [Tk, G*D]; ka, va: [K, G*D] or NULL (K = 0);
+ * gval: [H] activated gate values, or NULL.
+ * lse_tok, lse_ad: [Tq, H] log-sum-exp of each softmax, saved for the backward pass (may be NULL
+ * in inference). work: kn_attention_workspace() floats. */
+typedef struct kn_attn_shape {
+    int n_seq, H, G, D, K;
+    const int *qo, *ko;  /* [n_seq+1] row offsets */
+} kn_attn_shape;
+size_t kn_attention_workspace(const kn_attn_shape *s, int max_threads);
+void kn_attention_forward(float *out, float *lse_tok, float *lse_ad, const float *q, const float *k,
+                          const float *v, const float *ka, const float *va, const float *gval,
+                          const kn_attn_shape *s, float *work);
+/* Gradients (each may be NULL when not needed): dq [Tq,H*D], dk, dv [Tk,G*D], dka, dva [K,G*D],
+ * dgval [H] (gradient w.r.t. the ACTIVATED gate value). Requires qo == ko layouts (training). */
+size_t kn_attention_backward_workspace(const kn_attn_shape *s, int max_threads);
+void kn_attention_backward(float *dq, float *dk, float *dv, float *dka, float *dva, float *dgval,
+                           const float *dout, const float *q, const float *k, const float *v,
+                           const float *ka, const float *va, const float *gval, const float *lse_tok,
+                           const float *lse_ad, const kn_attn_shape *s, float *work);
+
+/* ---- loss ----------------------------------------------------------------------------------
+ * Cross-entropy of logits [N, V] rows against targets (0 = ignored). Returns the mean over
+ * counted rows (0 when none); lse [N] saved. backward: dlogits += (softmax - onehot) * scale for
+ * counted rows, scale = dloss / count. */
+float kn_cross_entropy_forward(float *lse, int *count, const float *logits, const int *targets, int N, int V);
+void kn_cross_entropy_backward(float *dlogits, float scale, const float *logits, const float *lse,
+                               const int *targets, int N, int V);
+#endif
