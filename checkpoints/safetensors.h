@@ -49,4 +49,12 @@ typedef struct st_out {
  * 0 or -1 with err. */
 int st_write(const char *path, const st_out *t, int n, const char *const *meta_keys,
              const char *const *meta_vals, int n_meta, char *err, size_t errlen);
+
+/* Streaming variant for tensors too big to hold converted all at once: a tensor whose st_out.data
+ * is NULL gets its bytes from fill(ctx, index, buf, nbytes), called in file order into a scratch
+ * buffer of nbytes; fill returns 0, or non-zero to abort the write (the file is not replaced). */
+typedef int (*st_fill_fn)(void *ctx, int index, void *buf, size_t nbytes);
+int st_write_stream(const char *path, const st_out *t, int n, const char *const *meta_keys,
+                    const char *const *meta_vals, int n_meta, st_fill_fn fill, void *ctx, char *err,
+                    size_t errlen);
 #endif

@@ -20,7 +20,10 @@ typedef struct alpaca_set {
 } alpaca_set;
 
 /* Parses the file. 0, or -1 with one line in err: "FILE: example 12: field \"output\": expected
- * a string", "FILE: line 3, byte 57: not valid JSON", "FILE: invalid UTF-8 in example 4 ...". */
+ * a string", "FILE: line 3, byte 57: not valid JSON", "FILE: invalid UTF-8 in example 4 ...".
+ * Example indices in messages are 0-based (the array's first element is "example 0").
+ * "input" may be absent (stored as ""); when present it must be a string. An empty file or an
+ * empty array is an error. */
 int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen);
 void alpaca_free(alpaca_set *s);
 
@@ -38,14 +41,19 @@ typedef struct dataset {
     int n_truncated;    /* examples cut at max_seq_len */
     int n_no_loss;      /* examples whose labels are all 0 after truncation */
     int64_t n_loss_tokens; /* non-zero labels after the first position, all examples */
+    int max_seq_len;    /* the truncation length the set was built with */
+    unsigned char *flags; /* [n] per example: DATASET_HAS_INPUT | DATASET_TRUNCATED */
 } dataset;
+
+enum { DATASET_HAS_INPUT = 1, DATASET_TRUNCATED = 2 };
 
 /* example_ids = [bos] + encode(prompt + output) + [eos], truncated to max_seq_len; the first
  * len([bos] + encode(prompt)) labels are 0. 0 or -1 with err naming the example. */
 int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len, char *err,
                   size_t errlen);
 void dataset_free(dataset *d);
-/* Moves the first n_val examples of d into val (the --val-split rule). */
+/* Moves the first n_val examples of d into val (the --val-split rule); 0 <= n_val < d->n.
+ * Both sets get their counters recomputed; val is a fresh set the caller frees. */
 int dataset_split(dataset *d, dataset *val, int n_val, char *err, size_t errlen);
 /* The summary printed at the start of training: examples, with/without input, token length
  * mean/p50/p95/max, truncated, without loss tokens, loss tokens per epoch. */

@@ -29,14 +29,18 @@ typedef struct loader {
     int epoch;        /* cached permutation's epoch, -1 when none */
     int *perm;        /* [d->n] */
     microbatch mb;    /* buffers reused by loader_get */
+    int cap_seq, cap_tok; /* allocated sizes of mb's per-sequence and per-token buffers */
 } loader;
 
 int loader_init(loader *l, const dataset *d, int batch_size, int shuffle, uint64_t seed);
 void loader_free(loader *l);
 /* Micro-batches per epoch: floor(n / batch_size). */
 int loader_steps_per_epoch(const loader *l);
-/* Micro-batch `index` (0-based) of `epoch`. Returns a pointer to l->mb. */
+/* Micro-batch `index` (0-based) of `epoch`. Returns a pointer to l->mb; NULL when index is out
+ * of [0, loader_steps_per_epoch) or epoch < 0. */
 const microbatch *loader_get(loader *l, int epoch, int index);
-/* Packs the given examples (in this order) into l->mb; used by loader_get and by eval. */
+/* Packs the given examples (in this order) into l->mb; used by loader_get and by eval. Buffers
+ * grow as needed (loader_init sizes them for batch_size of the longest examples). NULL on an
+ * index outside the dataset or out of memory. */
 const microbatch *loader_pack(loader *l, const int *examples, int n);
 #endif
