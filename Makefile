@@ -8,7 +8,7 @@ MODE    ?= release
 BUILD   ?= build$(if $(filter release,$(MODE)),,/$(MODE))
 
 WARN    := -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
-           -Wno-unused-parameter -Wvla -Wformat=2
+           -Wno-unused-parameter -Wvla -Wformat=2 -Wno-format-truncation
 OPT_release := -O3 -march=native
 OPT_debug   := -O0 -g3
 OPT_asan    := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer

@@ -78,3 +78,19 @@ void ag_arena_reset(ag_arena *a) {
 }
 
 size_t ag_arena_capacity(const ag_arena *a) { return a->head ? a->head->cap : 0; }
+
+ag_arena_mark ag_arena_get_mark(const ag_arena *a) {
+    ag_arena_mark m = {a->head, a->head ? a->head->used : 0, a->used};
+    return m;
+}
+
+void ag_arena_rewind(ag_arena *a, ag_arena_mark m) {
+    while (a->head && a->head != m.block) { /* blocks chained after the mark */
+        ag_block *p = a->head->prev;
+        free(a->head->mem);
+        free(a->head);
+        a->head = p;
+    }
+    if (a->head) a->head->used = m.block_used;
+    a->used = m.used;
+}

@@ -24,6 +24,11 @@ void ag_arena_free(ag_arena *a);
 void *ag_arena_alloc(ag_arena *a, size_t bytes);
 void *ag_arena_zalloc(ag_arena *a, size_t bytes);
 void ag_arena_reset(ag_arena *a);
+/* A position to rewind to: everything allocated after the mark is released by the rewind
+ * (frozen layers that run without a tape give their activations back this way). */
+typedef struct ag_arena_mark { ag_block *block; size_t block_used, used; } ag_arena_mark;
+ag_arena_mark ag_arena_get_mark(const ag_arena *a);
+void ag_arena_rewind(ag_arena *a, ag_arena_mark m);
 /* Bytes in the current block (tests, memory reports). */
 size_t ag_arena_capacity(const ag_arena *a);
 #endif

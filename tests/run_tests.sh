@@ -2,6 +2,8 @@
 # Runs every test binary in BUILD/tests (from the repository root) and sums their results.
 # The last line is "N passed, N failed" (", N skipped" after it); exit status 1 on any failure.
 BUILD=${1:-build}
+# tests that drive the binary use the one of this build (debug/asan builds have their own)
+export LLAMA_ADAPTER_BIN="$BUILD/llama-adapter"
 passed=0; failed=0; skipped=0; broken=""
 for t in "$BUILD"/tests/test_*; do
   [ -x "$t" ] || continue

@@ -12,7 +12,8 @@
  *   dka += dSa^T q / sqrt(D).
  * Parallel over (sequence, head) forward and (sequence, kv head) backward, so the rows each task
  * writes are its own; the prefix gradients (shared by every sequence) go to per-thread buffers
- * summed at the end. Does not handle padding (there is none) or dropout (the reference has none). */
+ * summed at the end in thread order (static schedule: the same rounding on every run with the
+ * same thread count, which bit-exact resume relies on). Does not handle padding (there is none) or dropout (the reference has none). */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -61,7 +62,7 @@ void kn_attention_forward(float *out, float *lse_tok, float *lse_ad, const float
                               (size_t)max_len(s->qo, s->n_seq) * K + 16;
     const int tasks = s->n_seq * H;
     AG_ASSERT(K == 0 || (ka && va && gval), "adapter prefix needs ka, va and gate values");
-    #pragma omp parallel for schedule(dynamic) if (tasks > 1)
+    #pragma omp parallel for schedule(static) if (tasks > 1)
     for (int task = 0; task < tasks; task++) {
         int sq = task / H, h = task % H, g = h / rep;
         int q0 = s->qo[sq], nq = s->qo[sq + 1] - q0, k0 = s->ko[sq], nk = s->ko[sq + 1] - k0;
@@ -131,7 +132,7 @@ void kn_attention_backward(float *dq, float *dk, float *dv, float *dka, float *d
         float *base = work + (size_t)t * per + 2 * n_max * n_max + 2 * n_max * K;
         memset(base, 0, (2 * adsz + H) * sizeof(float));
     }
-    #pragma omp parallel for schedule(dynamic) if (tasks > 1)
+    #pragma omp parallel for schedule(static) if (tasks > 1)
     for (int task = 0; task < tasks; task++) {
         int sq = task / G, g = task % G;
         int o0 = s->qo[sq], n = s->qo[sq + 1] - o0;

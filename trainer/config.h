@@ -1,0 +1,35 @@
+/* The training configuration: one typed struct with defaults, filled from a JSON preset
+ * (--config FILE, keys with underscores) and then from flags (the same names with dashes), and
+ * validated in one place. The resolved config is printed at start and stored in checkpoints.
+ * Ownership: strings point into argv or into the parsed JSON kept in cfg->json_keep; free with
+ * train_config_free(). */
+#ifndef TRAINER_CONFIG_H
+#define TRAINER_CONFIG_H
+#include <stdio.h>
+
+typedef struct train_config {
+    const char *model, *tokenizer, *data, *val_data, *out, *init_adapter, *resume;
+    const char *method;   /* "adapter" | "full" */
+    const char *gate_act; /* "tanh" | "identity" */
+    int adapter_len, adapter_layer, max_seq_len, batch_size, accum_iter, epochs;
+    double warmup_epochs, blr, lr, min_lr, weight_decay, beta1, beta2, eps;
+    long long seed, max_steps;
+    int no_shuffle, threads, save_every, keep, eval_every, log_every, val_split;
+    void *json_keep;      /* parsed config file (owns the strings taken from it) */
+} train_config;
+
+/* Defaults (the reference recipe where it has one). */
+void train_config_defaults(train_config *c);
+/* Parses argv of `train` (argv[0] = "train"): base_json (a resumed checkpoint's config, named
+ * base_name in messages; may be NULL) first, then --config FILE, then flags over both.
+ * Returns 0, 1 when --help was printed, -1 after printing one error line. */
+int train_config_parse(train_config *c, int argc, char **argv, const char *base_json, const char *base_name);
+/* Checks ranges and required paths; -1 with err. n_layers: of the loaded model (adapter_layer
+ * is checked against it). */
+int train_config_validate(const train_config *c, int n_layers, char *err, size_t errlen);
+/* The effective learning rate: lr if given (> 0), else blr * eff_batch / 256. */
+double train_config_lr(const train_config *c);
+/* The resolved config as a JSON object (malloc'ed string). */
+char *train_config_json(const train_config *c);
+void train_config_free(train_config *c);
+#endif

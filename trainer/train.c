@@ -1,0 +1,425 @@
+/* The training loop and the `train` subcommand (DESIGN.md §3-§5).
+ *
+ * One optimizer step = accum_iter micro-batches: the schedule sets lr at the start of each
+ * accumulation cycle from the fractional epoch, gradients accumulate (each micro-batch's
+ * token-mean loss scaled by 1/accum_iter), then AdamW. A partial cycle at an epoch's end is
+ * discarded as in the reference. Checkpoints hold everything a resume needs (adapter or all
+ * weights, AdamW moments and step, data cursor, config, base model and tokenizer fingerprints);
+ * a resumed run writes the same metrics and ends with the same parameters, bit for bit.
+ * SIGINT/SIGTERM finish the current step, write a checkpoint and exit with status 130.
+ * What it does not do (yet): data parallelism across processes. */
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "autograd/ops.h"
+#include "checkpoints/adapter_file.h"
+#include "data/alpaca.h"
+#include "data/loader.h"
+#include "trainer/cli.h"
+#include "trainer/config.h"
+#include "trainer/eval.h"
+#include "trainer/llama.h"
+#include "trainer/optim.h"
+#include "trainer/params.h"
+
+static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM; the only global: a signal handler needs one */
+
+static void on_signal(int sig) { g_stop = sig; }
+
+typedef struct run {
+    train_config *c;
+    model_weights w;
+    tok *tk;
+    alpaca_set raw, raw_val;
+    dataset train, val;
+    int has_val;
+    trainable tr;
+    adamw opt;
+    loader ld;
+    ag_arena arena;
+    ag_tape tape;
+    FILE *metrics;
+    char *config_json;
+    int64_t step;           /* optimizer steps done */
+    int epoch;              /* cursor: next micro-batch */
+    int64_t micro;
+    int64_t last_saved;
+} run;
+
+static int mkdir_p(const char *path, char *err, size_t errlen) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || !*p) {
+            char keep = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "%s: cannot create directory: %s", buf, strerror(errno));
+                return -1;
+            }
+            *p = keep;
+            if (!keep) break;
+        }
+    }
+    return 0;
+}
+
+static int save_checkpoint(run *r, char *err, size_t errlen) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ckpt-%08lld.h5", r->c->out, (long long)r->step);
+    train_ckpt ck;
+    memset(&ck, 0, sizeof ck);
+    ck.version = CKPT_VERSION;
+    snprintf(ck.method, sizeof ck.method, "%s", r->c->method);
+    ck.n_params = r->tr.n;
+    ck.params = r->tr.p;
+    ck.adam_m = r->opt.m;
+    ck.adam_v = r->opt.v;
+    if (r->tr.is_adapter) {
+        ck.adapter = trainable_adapter_view(&r->tr);
+    } else {
+        ck.adapter.n_layers = r->w.cfg.n_layers;
+        ck.adapter.n_heads = r->w.cfg.n_heads;
+        ck.adapter.dim = r->w.cfg.dim;
+    }
+    ck.step = r->step;
+    ck.adam_t = r->opt.t;
+    ck.epoch = r->epoch;
+    ck.micro_index = r->micro;
+    ck.data_seed = (uint64_t)r->c->seed;
+    ck.model_fingerprint = r->w.fingerprint;
+    ck.tok_fingerprint = tok_fingerprint(r->tk);
+    ck.config_json = r->config_json;
+    if (ckpt_save(path, &ck, err, errlen)) return -1;
+    ckpt_prune(r->c->out, r->c->keep);
+    r->last_saved = r->step;
+    return 0;
+}
+
+/* Restores parameters, moments and cursor from a checkpoint; refuses a mismatched one. */
+static int restore(run *r, const train_ckpt *ck, const char *file, char *err, size_t errlen) {
+    if (strcmp(ck->method, r->c->method) != 0) {
+        snprintf(err, errlen, "%s: checkpoint of a --method %s run, this run is --method %s", file, ck->method, r->c->method);
+        return -1;
+    }
+    if (ck->model_fingerprint != r->w.fingerprint) {
+        snprintf(err, errlen, "%s: checkpoint was made with another base model than %s (fingerprint %016llx, model %016llx)",
+                 file, r->c->model, (unsigned long long)ck->model_fingerprint, (unsigned long long)r->w.fingerprint);
+        return -1;
+    }
+    if (ck->tok_fingerprint != tok_fingerprint(r->tk)) {
+        snprintf(err, errlen, "%s: checkpoint was made with another tokenizer than %s", file, r->c->tokenizer);
+        return -1;
+    }
+    if (ck->n_params != r->tr.n ||
+        (r->tr.is_adapter && (ck->adapter.adapter_len != r->tr.K || ck->adapter.adapter_layer != r->tr.L ||
+                              ck->adapter.gate_act != r->tr.gate_act))) {
+        snprintf(err, errlen, "%s: checkpoint adapter is K=%d L=%d gate %s (%zu numbers); this run asks for K=%d L=%d gate %s (%zu)",
+                 file, ck->adapter.adapter_len, ck->adapter.adapter_layer, ck->adapter.gate_act ? "identity" : "tanh",
+                 ck->n_params, r->tr.K, r->tr.L, r->tr.gate_act ? "identity" : "tanh", r->tr.n);
+        return -1;
+    }
+    memcpy(r->tr.p, ck->params, r->tr.n * sizeof(float));
+    memcpy(r->opt.m, ck->adam_m, r->tr.n * sizeof(float));
+    memcpy(r->opt.v, ck->adam_v, r->tr.n * sizeof(float));
+    r->opt.t = ck->adam_t;
+    r->step = r->last_saved = ck->step;
+    r->epoch = ck->epoch;
+    r->micro = ck->micro_index;
+    return 0;
+}
+
+/* Keeps the metrics lines of steps <= step (a resumed run rewrites what came after). */
+static FILE *open_metrics(const char *dir, int64_t step, char *err, size_t errlen) {
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *in = step > 0 ? fopen(path, "r") : NULL;
+    if (in) {
+        FILE *out = fopen(tmp, "w");
+        char line[8192];
+        while (out && fgets(line, sizeof line, in)) {
+            long long s = -1;
+            if (sscanf(line, "{\"step\":%lld", &s) == 1 && s <= step) fputs(line, out);
+        }
+        fclose(in);
+        if (!out || fclose(out) != 0 || rename(tmp, path) != 0) {
+            snprintf(err, errlen, "%s: cannot rewrite: %s", path, strerror(errno));
+            return NULL;
+        }
+    }
+    FILE *f = fopen(path, step > 0 ? "a" : "w");
+    if (!f) snprintf(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
+    return f;
+}
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (s < 0 || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, n, "%.0fs", s);
+}
+
+static int setup(run *r, char *err, size_t errlen) {
+    train_config *c = r->c;
+    if (model_load(c->model, &r->w, err, errlen)) return -1;
+    if (c->adapter_layer > r->w.cfg.n_layers) {
+        printf("note: adapter_layer %d > %d layers of the model: adapting all %d\n", c->adapter_layer,
+               r->w.cfg.n_layers, r->w.cfg.n_layers);
+        c->adapter_layer = r->w.cfg.n_layers;
+    }
+    if (train_config_validate(c, r->w.cfg.n_layers, err, errlen)) return -1;
+    if (!(r->tk = tok_load(c->tokenizer, err, errlen))) return -1;
+    if (tok_vocab_size(r->tk) > r->w.cfg.vocab_size) {
+        snprintf(err, errlen, "%s: tokenizer has %d pieces but the model's vocabulary is %d", c->tokenizer,
+                 tok_vocab_size(r->tk), r->w.cfg.vocab_size);
+        return -1;
+    }
+    if (alpaca_load(c->data, &r->raw, err, errlen) ||
+        dataset_build(&r->train, &r->raw, r->tk, c->max_seq_len, err, errlen))
+        return -1;
+    if (c->val_split) {
+        if (dataset_split(&r->train, &r->val, c->val_split, err, errlen)) return -1;
+        r->has_val = 1;
+    } else if (c->val_data) {
+        if (alpaca_load(c->val_data, &r->raw_val, err, errlen) ||
+            dataset_build(&r->val, &r->raw_val, r->tk, c->max_seq_len, err, errlen))
+            return -1;
+        r->has_val = 1;
+    }
+    if (r->train.n / c->batch_size / c->accum_iter < 1) {
+        snprintf(err, errlen, "%s: %d training examples make no full optimizer step of batch %d x accum %d", c->data,
+                 r->train.n, c->batch_size, c->accum_iter);
+        return -1;
+    }
+    dataset_summary(&r->train, "train", stdout);
+    if (r->has_val) dataset_summary(&r->val, "validation", stdout);
+    int gate = !strcmp(c->gate_act, "identity") ? GATE_IDENTITY : GATE_TANH;
+    if (!strcmp(c->method, "full")) {
+        if (trainable_full_init(&r->tr, &r->w, err, errlen)) return -1;
+    } else if (c->init_adapter) {
+        if (load_adapter_for(c->init_adapter, &r->w, c->adapter_len, &r->tr, err, errlen)) return -1;
+        if (r->tr.K != c->adapter_len || r->tr.L != c->adapter_layer || r->tr.gate_act != gate)
+            printf("note: --init-adapter %s sets K=%d L=%d gate %s\n", c->init_adapter, r->tr.K, r->tr.L,
+                   r->tr.gate_act ? "identity" : "tanh");
+        c->adapter_len = r->tr.K;
+        c->adapter_layer = r->tr.L;
+        c->gate_act = r->tr.gate_act ? "identity" : "tanh";
+    } else if (trainable_adapter_init(&r->tr, &r->w.cfg, c->adapter_len, c->adapter_layer, gate, (uint64_t)c->seed,
+                                      err, errlen)) {
+        return -1;
+    }
+    if (adamw_init(&r->opt, r->tr.n, c->beta1, c->beta2, c->eps, c->weight_decay)) {
+        snprintf(err, errlen, "out of memory for the AdamW moments of %zu parameters", r->tr.n);
+        return -1;
+    }
+    if (!r->tr.is_adapter) { /* as the reference's param groups: no decay on 1-D weights (norms) */
+        int nl = r->w.cfg.n_layers;
+        r->opt.no_decay = malloc(sizeof *r->opt.no_decay * (size_t)(2 * nl + 1));
+        for (int l = 0; l < nl; l++) {
+            const llama_layer_weights *L = &r->w.layers[l];
+            const ag_tensor *norms[2] = {&L->attn_norm, &L->ffn_norm};
+            for (int k = 0; k < 2; k++) {
+                r->opt.no_decay[r->opt.n_no_decay][0] = (size_t)((float *)norms[k]->data - r->tr.p);
+                r->opt.no_decay[r->opt.n_no_decay++][1] = ag_numel(norms[k]);
+            }
+        }
+        r->opt.no_decay[r->opt.n_no_decay][0] = (size_t)((float *)r->w.norm.data - r->tr.p);
+        r->opt.no_decay[r->opt.n_no_decay++][1] = ag_numel(&r->w.norm);
+    }
+    if (mkdir_p(c->out, err, errlen)) return -1;
+    if (loader_init(&r->ld, &r->train, c->batch_size, !c->no_shuffle, (uint64_t)c->seed)) {
+        snprintf(err, errlen, "out of memory for the data loader");
+        return -1;
+    }
+    ag_arena_init(&r->arena, 1 << 24);
+    ag_tape_init(&r->tape, &r->arena);
+    return 0;
+}
+
+static void teardown(run *r) {
+    if (r->metrics) fclose(r->metrics);
+    ag_tape_free(&r->tape);
+    ag_arena_free(&r->arena);
+    loader_free(&r->ld);
+    adamw_free(&r->opt);
+    trainable_free(&r->tr);
+    dataset_free(&r->train);
+    dataset_free(&r->val);
+    alpaca_free(&r->raw);
+    alpaca_free(&r->raw_val);
+    tok_free(r->tk);
+    model_free(&r->w);
+    free(r->config_json);
+}
+
+static double validate(run *r, int64_t *tokens) {
+    eval_result er = eval_dataset(&r->tape, &r->w, r->tr.is_adapter ? &r->tr : NULL, &r->val, r->c->batch_size);
+    *tokens = er.tokens;
+    return er.loss;
+}
+
+/* Returns 0 when done, 130 when interrupted (after the checkpoint), -1 on error. */
+static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, char *err, size_t errlen) {
+    train_config *c = r->c;
+    int micro_per_epoch = loader_steps_per_epoch(&r->ld);
+    int steps_per_epoch = micro_per_epoch / c->accum_iter;
+    int64_t total = (int64_t)steps_per_epoch * c->epochs;
+    if (c->max_steps > 0 && c->max_steps < total) total = c->max_steps;
+    double lr_peak = train_config_lr(c);
+    if (resume_ck && restore(r, resume_ck, resume_file, err, errlen)) return -1;
+    if (!(r->metrics = open_metrics(c->out, r->step, err, errlen))) return -1;
+    printf("training: %s, %zu trainable parameters (%s), %d micro-batches/epoch, %d steps/epoch, %lld steps, lr %.6g (eff batch %d)\n",
+           c->method, r->tr.n, r->tr.is_adapter ? "adaption prompts + gates" : "every weight", micro_per_epoch,
+           steps_per_epoch, (long long)total, lr_peak, c->batch_size * c->accum_iter);
+    if (r->step > 0) printf("resumed at step %lld (epoch %d, micro-batch %lld)\n", (long long)r->step, r->epoch, (long long)r->micro);
+    fflush(stdout);
+    int tty = isatty(fileno(stdout));
+    double t_start = omp_get_wtime();
+    int64_t steps_this_run = 0;
+    while (r->step < total && !g_stop) {
+        if (r->micro + c->accum_iter > (int64_t)steps_per_epoch * c->accum_iter) { /* partial cycle: discard */
+            r->epoch++;
+            r->micro = 0;
+            continue;
+        }
+        double e = (double)r->micro / micro_per_epoch + r->epoch;
+        double lr = sched_lr(e, lr_peak, c->min_lr, c->warmup_epochs, c->epochs);
+        double t0 = omp_get_wtime(), loss_sum = 0;
+        int64_t tokens = 0, all_tokens = 0;
+        trainable_zero_grad(&r->tr);
+        for (int a = 0; a < c->accum_iter; a++) {
+            const microbatch *mb = loader_get(&r->ld, r->epoch, (int)(r->micro + a));
+            ag_tape_reset(&r->tape);
+            ag_arena_reset(&r->arena);
+            int n_loss = 0;
+            ag_tensor *loss = llama_loss(&r->tape, &r->w, r->tr.is_adapter ? &r->tr : NULL, mb, &n_loss);
+            if (loss->requires_grad && n_loss > 0) ag_backward(&r->tape, loss, 1.0f / (float)c->accum_iter);
+            loss_sum += ag_f32(loss)[0];
+            tokens += n_loss;
+            all_tokens += mb->T;
+        }
+        float step_loss = (float)(loss_sum / c->accum_iter);
+        adamw_step(&r->opt, r->tr.p, r->tr.g, lr);
+        r->step++;
+        steps_this_run++;
+        r->micro += c->accum_iter;
+        double dt = omp_get_wtime() - t0;
+        int epoch_end = r->micro + c->accum_iter > (int64_t)steps_per_epoch * c->accum_iter;
+        double val_loss = NAN;
+        int64_t val_tokens = 0;
+        if (r->has_val && (epoch_end || (c->eval_every && r->step % c->eval_every == 0) || r->step == total))
+            val_loss = validate(r, &val_tokens);
+        fprintf(r->metrics, "{\"step\":%lld,\"epoch\":%.9g,\"lr\":%.17g,\"loss\":%.9g,\"tokens\":%lld,\"total_tokens\":%lld,"
+                            "\"tokens_per_s\":%.1f,\"total_tokens_per_s\":%.1f",
+                (long long)r->step, e, lr, step_loss, (long long)tokens, (long long)all_tokens, tokens / dt, all_tokens / dt);
+        if (!isnan(val_loss)) fprintf(r->metrics, ",\"val_loss\":%.9g,\"val_tokens\":%lld", val_loss, (long long)val_tokens);
+        fputs("}\n", r->metrics);
+        fflush(r->metrics);
+        double elapsed = omp_get_wtime() - t_start;
+        char eta[32];
+        fmt_duration(eta, sizeof eta, elapsed / steps_this_run * (double)(total - r->step));
+        if (tty || (c->log_every && (r->step % c->log_every == 0 || r->step == total)) || !isnan(val_loss)) {
+            printf("%sstep %lld/%lld | epoch %.2f | loss %.4f | lr %.3e | %.0f tok/s (%.0f with label) | ETA %s", tty ? "\r\033[K" : "",
+                   (long long)r->step, (long long)total, e, step_loss, lr, all_tokens / dt, tokens / dt, eta);
+            if (!isnan(val_loss)) printf(" | val_loss %.4f", val_loss);
+            if (!tty || !isnan(val_loss)) printf("\n");
+            fflush(stdout);
+        }
+        if (epoch_end) {
+            r->epoch++;
+            r->micro = 0;
+        }
+        if ((c->save_every && r->step % c->save_every == 0) || (!c->save_every && epoch_end)) {
+            if (save_checkpoint(r, err, errlen)) return -1;
+        }
+    }
+    if (tty) printf("\n");
+    if (r->last_saved != r->step && save_checkpoint(r, err, errlen)) return -1;
+    printf("checkpoint: %s/ckpt-%08lld.h5\n", c->out, (long long)r->step);
+    if (g_stop) {
+        printf("interrupted by signal %d at step %lld; continue with: llama-adapter train --resume %s\n", (int)g_stop,
+               (long long)r->step, c->out);
+        return 130;
+    }
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_config c;
+    train_config_defaults(&c);
+    char err[1024], resume_file[4096] = "";
+    train_ckpt ck;
+    memset(&ck, 0, sizeof ck);
+    int have_ck = 0;
+    /* --resume: the checkpoint's config is the base the flags override */
+    for (int i = 1; i < argc; i++) {
+        const char *v = !strcmp(argv[i], "--resume") && i + 1 < argc ? argv[i + 1]
+                        : !strncmp(argv[i], "--resume=", 9)          ? argv[i] + 9
+                                                                     : NULL;
+        if (!v) continue;
+        if (ckpt_resolve(v, resume_file, sizeof resume_file, err, sizeof err) ||
+            ckpt_load(resume_file, &ck, err, sizeof err)) {
+            fprintf(stderr, "llama-adapter train: %s\n", err);
+            return 1;
+        }
+        have_ck = 1;
+    }
+    int pr = train_config_parse(&c, argc, argv, have_ck ? ck.config_json : NULL, resume_file);
+    if (pr) {
+        if (have_ck) ckpt_free(&ck);
+        train_config_free(&c);
+        return pr > 0 ? 0 : 2;
+    }
+    if (have_ck) c.init_adapter = NULL; /* the checkpoint supersedes the run's starting adapter */
+    if (c.threads > 0) omp_set_num_threads(c.threads);
+    run r;
+    memset(&r, 0, sizeof r);
+    r.c = &c;
+    int status = 1;
+    if (train_config_validate(&c, 0, err, sizeof err) || setup(&r, err, sizeof err)) {
+        fprintf(stderr, "llama-adapter train: %s\n", err);
+        goto done;
+    }
+    {
+        const char *keep_resume = c.resume;
+        c.resume = NULL; /* the stored config describes the run, not how this process started */
+        r.config_json = train_config_json(&c);
+        c.resume = keep_resume;
+    }
+    printf("config: %s\n", r.config_json);
+    fflush(stdout);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int lr = loop(&r, have_ck ? &ck : NULL, resume_file, err, sizeof err);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (lr < 0) {
+        fprintf(stderr, "llama-adapter train: %s\n", err);
+        goto done;
+    }
+    if (!r.tr.is_adapter) { /* full fine-tuning: the result is a model; write it as a HF directory */
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/model", c.out);
+        if (model_save_hf(dir, &r.w, AG_F32, 0, err, sizeof err)) {
+            fprintf(stderr, "llama-adapter train: %s\n", err);
+            goto done;
+        }
+        printf("model: %s\n", dir);
+    }
+    status = lr;
+done:
+    teardown(&r);
+    if (have_ck) ckpt_free(&ck);
+    train_config_free(&c);
+    return status;
+}
