@@ -37,7 +37,9 @@ int adapter_export(const char *path, export_format fmt, const adapter_data *a, c
 /* Reads an exported adapter in any format (detected from the bytes, not the name).
  * default_len: adapter_len for a file without metadata (then adapter_layer = rows / len).
  * n_layers/n_heads/dim: of the base model, checked against the file. gate_act of a file
- * without metadata is GATE_TANH. Gates of layers below the adapted ones are ignored. */
+ * without metadata is GATE_TANH. Gates of layers below the adapted ones are ignored.
+ * A training checkpoint (ckpt-*.h5) of method "adapter" is accepted too (its adapter).
+ * n_layers/n_heads/dim <= 0: not checked, taken from the file (metadata, else the tensors). */
 int adapter_import(const char *path, int default_len, int n_layers, int n_heads, int dim,
                    adapter_data *out, char *err, size_t errlen);
 void adapter_data_free(adapter_data *a);
@@ -63,7 +65,10 @@ typedef struct train_ckpt {
 
 #define CKPT_VERSION 1
 
+/* Writes c (version CKPT_VERSION, whatever c->version says) to PATH.tmp, fsyncs, renames. */
 int ckpt_save(const char *path, const train_ckpt *c, char *err, size_t errlen);
+/* Fills c (params, adam_m, adam_v, config_json malloc'ed; config_json "" when none was
+ * saved); refuses another CKPT_VERSION, a missing field or a wrong size. Free with ckpt_free. */
 int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen);
 void ckpt_free(train_ckpt *c);
 /* PATH is a checkpoint file, or a run directory whose newest ckpt-*.h5 is taken (by step).
@@ -71,5 +76,10 @@ void ckpt_free(train_ckpt *c);
 int ckpt_resolve(const char *path, char *out, size_t outlen, char *err, size_t errlen);
 /* Keeps the newest `keep` ckpt-*.h5 files of dir (keep <= 0: keep all). */
 void ckpt_prune(const char *dir, int keep);
-/* adapter_data view of a checkpoint (for export and eval --adapter CKPT). */
+/* adapter_data view of a checkpoint (for export and eval --adapter CKPT): the struct is
+ * copied, query/gates alias c->params (valid until ckpt_free). -1 with err (naming `path`,
+ * may be NULL) when the checkpoint's method is not "adapter". */
+int ckpt_adapter_view(const train_ckpt *c, adapter_data *view, const char *path, char *err, size_t errlen);
+/* "DIR/ckpt-%08lld.h5": the file name ckpt_resolve() and ckpt_prune() look for. */
+void ckpt_path(const char *dir, int64_t step, char *out, size_t outlen);
 #endif
