@@ -235,7 +235,7 @@ char *train_config_json(const train_config *c) {
         case ARG_FLOAT:
         case ARG_DOUBLE: {
             char buf[32];
-            snprintf(buf, sizeof buf, "%.17g", *(double *)specs[i].dst);
+            snprintf(buf, sizeof buf, "%.15g", *(double *)specs[i].dst); /* round-trips decimal input */
             cJSON_AddRawToObject(o, key, buf);
             break;
         }

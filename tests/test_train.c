@@ -1,0 +1,490 @@
+/* The trainer end to end through the real binary, on a fixture made here: a SentencePiece
+ * model trained on a small text, a random HF-format Llama model, and Alpaca JSON.
+ * Also the schedule and one AdamW step against hand computations. */
+#include <cJSON.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "autograd/rng.h"
+#include "checkpoints/adapter_file.h"
+#include "checkpoints/model_file.h"
+#include "data/tok.h"
+#include "tests/test.h"
+#include "trainer/optim.h"
+#include "trainer/params.h"
+
+static char dir[256], model_dir[300], other_model[300], tok_path[300], data_path[300];
+static const char *bin;
+
+static const char *WORDS[] = {"apple", "river", "stone", "cloud", "green", "table", "music", "light",
+                              "paper", "glass", "horse", "bread", "ocean", "chair", "tiger", "honey"};
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int make_fixture(void) {
+    char p[400], err[512];
+    snprintf(p, sizeof p, "%s/corpus.txt", dir);
+    FILE *f = fopen(p, "w");
+    ag_rng r;
+    ag_rng_seed(&r, 1);
+    for (int i = 0; i < 400; i++) {
+        const char *a = WORDS[ag_rng_below(&r, 16)], *b = WORDS[ag_rng_below(&r, 16)];
+        fprintf(f, "Below is an instruction that describes a task. Repeat the word %s twice: %s %s. The %s is near the %s.\n", a, a,
+                a, a, b);
+    }
+    fclose(f);
+    char prefix[400];
+    snprintf(prefix, sizeof prefix, "%s/tok", dir);
+    if (tok_train(p, prefix, 320, "bpe", err, sizeof err)) {
+        printf("fixture: %s\n", err);
+        return -1;
+    }
+    snprintf(tok_path, sizeof tok_path, "%s/tok.model", dir);
+    tok *t = tok_load(tok_path, err, sizeof err);
+    if (!t) return -1;
+    int vocab = tok_vocab_size(t);
+    tok_free(t);
+    snprintf(data_path, sizeof data_path, "%s/data.json", dir);
+    f = fopen(data_path, "w");
+    fprintf(f, "[\n");
+    for (int i = 0; i < 48; i++) {
+        const char *a = WORDS[i % 16];
+        fprintf(f, "%s{\"instruction\": \"Repeat the word twice.\", \"input\": \"%s\", \"output\": \"%s %s\"}\n", i ? "," : "", a, a, a);
+    }
+    fprintf(f, "]\n");
+    fclose(f);
+    llama_config c = {.dim = 32, .n_layers = 3, .n_heads = 4, .n_kv_heads = 2, .hidden_dim = 64, .vocab_size = vocab,
+                      .max_seq_len = 128, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .tied = 1};
+    model_weights w;
+    snprintf(model_dir, sizeof model_dir, "%s/model", dir);
+    snprintf(other_model, sizeof other_model, "%s/other", dir);
+    if (model_init_random(&w, &c, 1, 0.2f) || model_save_hf(model_dir, &w, AG_F32, 0, err, sizeof err)) return -1;
+    model_free(&w);
+    if (model_init_random(&w, &c, 2, 0.2f) || model_save_hf(other_model, &w, AG_F32, 0, err, sizeof err)) return -1;
+    model_free(&w);
+    return 0;
+}
+
+/* metrics.jsonl of a run: the lines, parsed. */
+typedef struct metrics {
+    int n;
+    char lines[256][512];
+} metrics;
+
+static int read_metrics(const char *run, metrics *m) {
+    char p[400];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run);
+    FILE *f = fopen(p, "r");
+    m->n = 0;
+    if (!f) return -1;
+    while (m->n < 256 && fgets(m->lines[m->n], sizeof m->lines[0], f)) m->n++;
+    fclose(f);
+    return 0;
+}
+
+static double field(const char *line, const char *key) {
+    cJSON *o = cJSON_Parse(line);
+    cJSON *v = cJSON_GetObjectItem(o, key);
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    cJSON_Delete(o);
+    return d;
+}
+
+/* The textual value of "key" in a metrics line (compared byte for byte). */
+static void raw_field(const char *line, const char *key, char *out, size_t n) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(line, pat);
+    out[0] = 0;
+    if (!p) return;
+    p += strlen(pat);
+    size_t k = strcspn(p, ",}");
+    snprintf(out, n, "%.*s", (int)(k < n ? k : n - 1), p);
+}
+
+#define COMMON "--model %s --tokenizer %s --data %s --batch-size 4 --max-seq-len 256 --adapter-len 2 --adapter-layer 2 --threads 2"
+
+static void test_loss_goes_down_and_metrics_are_well_formed(void) {
+    char run[400];
+    snprintf(run, sizeof run, "%s/run_down", dir);
+    int st = sh("%s train " COMMON " --adapter-len 4 --adapter-layer 3 --out %s --epochs 4 --warmup-epochs 1 --lr 0.2 --no-shuffle --log-every 12"
+                " > %s/down.log 2>&1", bin,
+                model_dir, tok_path, data_path, run, dir);
+    CHECK(st == 0, "train exit %d (see %s/down.log)", st, dir);
+    metrics m;
+    CHECK(read_metrics(run, &m) == 0 && m.n == 48, "48 metrics lines (4 epochs x 12 steps), got %d", m.n);
+    if (m.n < 48) return;
+    const char *keys[] = {"step", "epoch", "lr", "loss", "tokens", "tokens_per_s"};
+    for (int i = 0; i < m.n; i++) {
+        cJSON *o = cJSON_Parse(m.lines[i]);
+        CHECK(o != NULL, "line %d is not JSON: %s", i, m.lines[i]);
+        for (int k = 0; o && k < 6; k++) CHECK(cJSON_IsNumber(cJSON_GetObjectItem(o, keys[k])), "line %d lacks %s", i, keys[k]);
+        CHECK(field(m.lines[i], "step") == i + 1, "steps count 1..n");
+        cJSON_Delete(o);
+    }
+    double first = 0, last = 0;
+    for (int i = 0; i < 6; i++) first += field(m.lines[i], "loss") / 6;
+    for (int i = m.n - 6; i < m.n; i++) last += field(m.lines[i], "loss") / 6;
+    printf("  mean loss of the first 6 steps %.4f, of the last 6 %.4f\n", first, last);
+    CHECK(last < first - 0.5, "loss must go down by more than 0.5: %.4f -> %.4f", first, last);
+    char ck[500];
+    snprintf(ck, sizeof ck, "%s/ckpt-00000048.h5", run);
+    CHECK(access(ck, R_OK) == 0, "final checkpoint %s", ck);
+}
+
+/* Schedule values at the start, mid warm-up, end of warm-up and the last step equal the
+ * formula; the lr in metrics.jsonl equals the formula at each step's fractional epoch. */
+static void test_schedule_values(void) {
+    double lr = 0.01, min_lr = 1e-4;
+    CHECK(sched_lr(0.0, lr, min_lr, 2, 5) == 0.0, "lr at step 0 is 0");
+    CHECK_CLOSE(sched_lr(1.0, lr, min_lr, 2, 5), 0.005, 0, 1e-15, "mid warm-up");
+    CHECK_CLOSE(sched_lr(2.0, lr, min_lr, 2, 5), 0.01, 0, 1e-15, "end of warm-up: peak");
+    double e = 4.75, want = min_lr + (lr - min_lr) * 0.5 * (1 + cos(M_PI * (e - 2) / 3));
+    CHECK_CLOSE(sched_lr(e, lr, min_lr, 2, 5), want, 0, 1e-15, "last step of 20/epoch");
+    CHECK_CLOSE(sched_lr(5.0, lr, min_lr, 2, 5), min_lr, 0, 1e-12, "end: min_lr");
+    char run[400];
+    snprintf(run, sizeof run, "%s/run_down", dir);
+    metrics m;
+    if (read_metrics(run, &m) || m.n < 48) SKIP("the loss test's run is missing");
+    /* that run: 12 steps/epoch, 4 epochs, warm-up 1, lr 0.2, min_lr 0 */
+    int idx[] = {0, 5, 11, 12, 47};
+    for (int k = 0; k < 5; k++) {
+        int i = idx[k];
+        double ep = i / 12.0, want2 = sched_lr(ep, 0.2, 0, 1, 4);
+        CHECK_CLOSE(field(m.lines[i], "lr"), want2, 0, 1e-15, "metrics lr");
+        CHECK_CLOSE(field(m.lines[i], "epoch"), ep, 1e-8, 0, "metrics epoch");
+    }
+    CHECK(field(m.lines[0], "lr") == 0.0, "the first step runs at lr 0");
+}
+
+/* One AdamW step equals the PyTorch formula computed by hand (double, rounded per op). */
+static void test_adamw_step_matches_hand_computation(void) {
+    float p[4] = {0.5f, -1.25f, 2.0f, 0.0f}, g[4] = {0.1f, -0.02f, 0.0f, 3.0f};
+    float p0[4];
+    memcpy(p0, p, sizeof p);
+    adamw o;
+    adamw_init(&o, 4, 0.9, 0.95, 1e-8, 0.02);
+    double lr = 1e-3;
+    adamw_step(&o, p, g, lr);
+    for (int i = 0; i < 4; i++) {
+        double pp = p0[i] * (1 - lr * 0.02);
+        double m = 0.1 * g[i], v = 0.05 * (double)g[i] * g[i];
+        double mh = m / (1 - 0.9), vh = v / (1 - 0.95);
+        double want = pp - lr * mh / (sqrt(vh) + 1e-8);
+        CHECK_CLOSE(p[i], want, 1e-9, 1e-6, "AdamW step 1");
+    }
+    /* second step with the same gradient */
+    float p1[4];
+    memcpy(p1, p, sizeof p);
+    adamw_step(&o, p, g, lr);
+    for (int i = 0; i < 4; i++) {
+        double m = 0.9 * (0.1 * g[i]) + 0.1 * g[i], v = 0.95 * (0.05 * (double)g[i] * g[i]) + 0.05 * (double)g[i] * g[i];
+        double mh = m / (1 - 0.81), vh = v / (1 - 0.9025);
+        double want = p1[i] * (1 - lr * 0.02) - lr * mh / (sqrt(vh) + 1e-8);
+        CHECK_CLOSE(p[i], want, 1e-9, 1e-6, "AdamW step 2");
+    }
+    CHECK(o.t == 2, "step count");
+    adamw_free(&o);
+}
+
+/* With gates 0, the first step moves the prompts by the decay term only and every gate by ~lr. */
+static void test_first_step_moves_only_gates_and_decay(void) {
+    char run[400];
+    snprintf(run, sizeof run, "%s/run_first", dir);
+    int st = sh("%s train " COMMON " --out %s --epochs 2 --warmup-epochs 0 --lr 0.01 --max-steps 1 --seed 5 > %s/first.log 2>&1", bin,
+                model_dir, tok_path, data_path, run, dir);
+    CHECK(st == 0, "train exit %d", st);
+    char ck[500], err[512];
+    snprintf(ck, sizeof ck, "%s/ckpt-00000001.h5", run);
+    train_ckpt c;
+    if (ckpt_load(ck, &c, err, sizeof err)) {
+        CHECK(0, "%s", err);
+        return;
+    }
+    model_weights w;
+    CHECK(model_load(model_dir, &w, err, sizeof err) == 0, "%s", err);
+    trainable init;
+    CHECK(trainable_adapter_init(&init, &w.cfg, 2, 2, GATE_TANH, 5, err, sizeof err) == 0, "%s", err);
+    CHECK(c.n_params == init.n, "parameter count");
+    size_t nq = (size_t)2 * 2 * w.cfg.dim;
+    float decay = (float)(1.0 - 0.01 * 0.02);
+    int exact = 1;
+    for (size_t i = 0; i < nq; i++) exact &= c.params[i] == init.p[i] * decay;
+    CHECK(exact, "adapter_query after step 1 must equal p0 * (1 - lr*wd) exactly");
+    for (size_t i = nq; i < c.n_params; i++)
+        CHECK(fabsf(c.params[i]) > 0.009f && fabsf(c.params[i]) < 0.0101f, "gate %zu moved by %g, expected ~lr", i - nq, c.params[i]);
+    trainable_free(&init);
+    model_free(&w);
+    ckpt_free(&c);
+}
+
+static int same_checkpoint_params(const char *a, const char *b) {
+    train_ckpt x, y;
+    char err[512];
+    if (ckpt_load(a, &x, err, sizeof err)) return printf("  %s\n", err), 0;
+    if (ckpt_load(b, &y, err, sizeof err)) return ckpt_free(&x), printf("  %s\n", err), 0;
+    int same = x.n_params == y.n_params && !memcmp(x.params, y.params, x.n_params * 4) &&
+               !memcmp(x.adam_m, y.adam_m, x.n_params * 4) && !memcmp(x.adam_v, y.adam_v, x.n_params * 4) &&
+               x.step == y.step && x.epoch == y.epoch && x.micro_index == y.micro_index;
+    ckpt_free(&x);
+    ckpt_free(&y);
+    return same;
+}
+
+/* 2N steps in one run == N steps, then resumed for N more: metrics (loss, lr) and the final
+ * adapter and moments bit for bit. Shuffled data, accumulation, across an epoch boundary. */
+static void test_resume_is_bit_exact(void) {
+    char a[400], b[400];
+    snprintf(a, sizeof a, "%s/run_a", dir);
+    snprintf(b, sizeof b, "%s/run_b", dir);
+    const char *opts = "--epochs 3 --warmup-epochs 1 --accum-iter 2 --seed 9 --save-every 4";
+    int st = sh("%s train " COMMON " %s --out %s --max-steps 10 > %s/a.log 2>&1", bin, model_dir, tok_path, data_path, opts, a, dir);
+    CHECK(st == 0, "run a exit %d", st);
+    st = sh("%s train " COMMON " %s --out %s --max-steps 5 > %s/b1.log 2>&1", bin, model_dir, tok_path, data_path, opts, b, dir);
+    CHECK(st == 0, "run b exit %d", st);
+    st = sh("%s train --resume %s --max-steps 10 > %s/b2.log 2>&1", bin, b, dir);
+    CHECK(st == 0, "resumed run exit %d (see %s/b2.log)", st, dir);
+    metrics ma, mb;
+    read_metrics(a, &ma);
+    read_metrics(b, &mb);
+    CHECK(ma.n == 10 && mb.n == 10, "10 lines each (got %d and %d)", ma.n, mb.n);
+    for (int i = 0; i < ma.n && i < mb.n; i++) {
+        const char *keys[] = {"step", "epoch", "lr", "loss", "tokens"};
+        for (int k = 0; k < 5; k++) {
+            char x[64], y[64];
+            raw_field(ma.lines[i], keys[k], x, sizeof x);
+            raw_field(mb.lines[i], keys[k], y, sizeof y);
+            CHECK(!strcmp(x, y) && x[0], "step %d %s: %s vs %s", i + 1, keys[k], x, y);
+        }
+    }
+    char ca[500], cb[500];
+    snprintf(ca, sizeof ca, "%s/ckpt-00000010.h5", a);
+    snprintf(cb, sizeof cb, "%s/ckpt-00000010.h5", b);
+    CHECK(same_checkpoint_params(ca, cb), "final checkpoints differ");
+}
+
+static void expect_fail(const char *args_fmt, const char *needle) {
+    char out[500], line[2048] = "";
+    snprintf(out, sizeof out, "%s/fail.txt", dir);
+    int st = sh("%s %s >/dev/null 2>%s", bin, args_fmt, out);
+    FILE *f = fopen(out, "r");
+    int lines = 0;
+    char tmp[2048];
+    while (f && fgets(tmp, sizeof tmp, f)) {
+        if (!lines) snprintf(line, sizeof line, "%s", tmp);
+        lines++;
+    }
+    if (f) fclose(f);
+    CHECK(st != 0, "'%s' must fail", args_fmt);
+    CHECK(lines == 1, "'%s': %d stderr lines", args_fmt, lines);
+    CHECK(strstr(line, needle), "'%s': message '%s' lacks '%s'", args_fmt, line, needle);
+}
+
+static void test_resume_refuses_other_model_or_shape(void) {
+    char args[2000], b[400];
+    snprintf(b, sizeof b, "%s/run_b", dir);
+    snprintf(args, sizeof args, "train --resume %s --model %s --max-steps 12", b, other_model);
+    expect_fail(args, "another base model");
+    snprintf(args, sizeof args, "train --resume %s --adapter-len 3 --max-steps 12", b);
+    expect_fail(args, "K=2");
+    snprintf(args, sizeof args, "train --resume %s/nothing-here", dir);
+    expect_fail(args, "nothing-here");
+}
+
+/* Export in every format, then eval with the export == eval with the checkpoint; and
+ * --init-adapter from an export with lr 0 keeps the adapter (same eval loss). */
+static void test_export_round_trip(void) {
+    char run[400], out[600], log[600];
+    snprintf(run, sizeof run, "%s/run_down", dir);
+    const char *fmts[] = {"safetensors", "pth", "hdf5"};
+    char ref[256] = "";
+    snprintf(log, sizeof log, "%s/eval.json", dir);
+    int st = sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir,
+                tok_path, data_path, run, log);
+    CHECK(st == 0, "eval with the run directory: exit %d", st);
+    FILE *f = fopen(log, "r");
+    if (f) {
+        if (!fgets(ref, sizeof ref, f)) ref[0] = 0;
+        fclose(f);
+    }
+    CHECK(field(ref, "tokens") > 0 && field(ref, "loss") > 0, "eval output %s", ref);
+    for (int i = 0; i < 3; i++) {
+        snprintf(out, sizeof out, "%s/adapter.%s", dir, fmts[i]);
+        st = sh("%s export --adapter %s --format %s --out %s > /dev/null 2>&1", bin, run, fmts[i], out);
+        CHECK(st == 0, "export %s: exit %d", fmts[i], st);
+        char got[256] = "";
+        st = sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s --adapter-len 4 > %s 2>/dev/null", bin,
+                model_dir, tok_path, data_path, out, log);
+        f = fopen(log, "r");
+        if (f) {
+            if (!fgets(got, sizeof got, f)) got[0] = 0;
+            fclose(f);
+        }
+        CHECK(st == 0 && !strcmp(got, ref), "eval with the %s export: %s vs %s", fmts[i], got, ref);
+    }
+    /* --init-adapter then one step at lr 0: the adapter is unchanged */
+    char run2[400];
+    snprintf(run2, sizeof run2, "%s/run_init", dir);
+    snprintf(out, sizeof out, "%s/adapter.safetensors", dir);
+    st = sh("%s train " COMMON " --out %s --init-adapter %s --blr 0 --max-steps 1 > %s/init.log 2>&1", bin, model_dir, tok_path,
+            data_path, run2, out, dir);
+    CHECK(st == 0, "train --init-adapter: exit %d", st);
+    char got[256] = "";
+    st = sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir, tok_path,
+            data_path, run2, log);
+    f = fopen(log, "r");
+    if (f) {
+        if (!fgets(got, sizeof got, f)) got[0] = 0;
+        fclose(f);
+    }
+    CHECK(st == 0 && !strcmp(got, ref), "eval after --init-adapter: %s vs %s", got, ref);
+}
+
+/* With gates 0 (a fresh adapter), eval with the adapter equals eval without it. */
+static void test_zero_init_eval_equals_base(void) {
+    char run[400], log[600], a[256] = "", b[256] = "";
+    snprintf(run, sizeof run, "%s/run_zero", dir);
+    int st = sh("%s train " COMMON " --out %s --blr 0 --max-steps 1 > /dev/null 2>&1", bin, model_dir, tok_path, data_path, run);
+    CHECK(st == 0, "train exit %d", st);
+    snprintf(log, sizeof log, "%s/e1.json", dir);
+    sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir, tok_path,
+       data_path, run, log);
+    FILE *f = fopen(log, "r");
+    if (f && fgets(a, sizeof a, f)) fclose(f);
+    sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 > %s 2>/dev/null", bin, model_dir, tok_path, data_path, log);
+    f = fopen(log, "r");
+    if (f && fgets(b, sizeof b, f)) fclose(f);
+    CHECK(a[0] && !strcmp(a, b), "eval with a zero-gate adapter %s != base %s", a, b);
+}
+
+/* SIGINT during training: a final checkpoint is written, exit 130, and the run resumes. */
+static void test_sigint_writes_checkpoint(void) {
+    char run[400], cmd[2000];
+    snprintf(run, sizeof run, "%s/run_int", dir);
+    snprintf(cmd, sizeof cmd, "exec %s train " COMMON " --out %s --epochs 200 --save-every 100000 > %s/int.log 2>&1", bin, model_dir,
+             tok_path, data_path, run, dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    metrics m = {0};
+    for (int i = 0; i < 300 && (read_metrics(run, &m) || m.n < 3); i++) usleep(20000);
+    kill(pid, SIGINT);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 130, "exit status %d after SIGINT, expected 130",
+          WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    read_metrics(run, &m);
+    char ck[600], err[512];
+    snprintf(ck, sizeof ck, "%s/ckpt-%08d.h5", run, m.n);
+    train_ckpt c;
+    CHECK(ckpt_load(ck, &c, err, sizeof err) == 0, "checkpoint at the interrupted step %d: %s", m.n, err);
+    if (c.params) ckpt_free(&c);
+    int st = sh("%s train --resume %s --max-steps %d > /dev/null 2>&1", bin, run, m.n + 2);
+    CHECK(st == 0, "resume after SIGINT: exit %d", st);
+}
+
+static void test_config_file_and_flags(void) {
+    char cfg[400], out[600];
+    snprintf(cfg, sizeof cfg, "%s/preset.json", dir);
+    FILE *f = fopen(cfg, "w");
+    fprintf(f, "{\"model\": \"%s\", \"tokenizer\": \"%s\", \"data\": \"%s\", \"adapter_len\": 2, \"adapter_layer\": 2,\n"
+               " \"batch_size\": 4, \"max_seq_len\": 256, \"blr\": 0.5, \"max_steps\": 1, \"out\": \"%s/run_cfg\"}\n",
+            model_dir, tok_path, data_path, dir);
+    fclose(f);
+    snprintf(out, sizeof out, "%s/cfg.log", dir);
+    int st = sh("%s train --config %s --batch-size 8 > %s 2>&1", bin, cfg, out);
+    CHECK(st == 0, "train --config: exit %d", st);
+    f = fopen(out, "r");
+    char line[8192];
+    int found = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "config: ", 8)) {
+            found = 1;
+            CHECK(strstr(line, "\"batch_size\":8") && strstr(line, "\"blr\":0.5") && strstr(line, "\"adapter_len\":2"),
+                  "resolved config: flags override the file: %s", line);
+        }
+    if (f) fclose(f);
+    CHECK(found, "the resolved config is printed");
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"modle\": \"x\"}\n");
+    fclose(f);
+    char args[700];
+    snprintf(args, sizeof args, "train --config %s", cfg);
+    expect_fail(args, "unknown key \"modle\"");
+    f = fopen(cfg, "w");
+    fprintf(f, "{\"batch_size\": \"four\"}\n");
+    fclose(f);
+    expect_fail(args, "expected an integer");
+    /* --help lists every key with its default */
+    snprintf(out, sizeof out, "%s/help.txt", dir);
+    st = sh("%s train --help > %s", bin, out);
+    CHECK(st == 0, "--help exit %d", st);
+    f = fopen(out, "r");
+    char text[16384] = "";
+    size_t got = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    text[got] = 0;
+    const char *keys[] = {"--model", "--tokenizer", "--data", "--val-data", "--adapter-len", "--adapter-layer", "--gate-act",
+                          "--max-seq-len", "--batch-size", "--accum-iter", "--epochs", "--warmup-epochs", "--blr", "--lr",
+                          "--min-lr", "--weight-decay", "--seed", "--no-shuffle", "--max-steps", "--init-adapter", "--resume",
+                          "--out", "--threads", "(default: 0.009)", "(default: 0.02)"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) CHECK(strstr(text, keys[i]), "--help lacks %s", keys[i]);
+}
+
+static void test_validation_loss_is_reported(void) {
+    char run[400];
+    snprintf(run, sizeof run, "%s/run_val", dir);
+    int st = sh("%s train " COMMON " --out %s --val-split 8 --epochs 2 --eval-every 3 > %s/val.log 2>&1", bin, model_dir, tok_path,
+                data_path, run, dir);
+    CHECK(st == 0, "train exit %d", st);
+    metrics m;
+    read_metrics(run, &m);
+    CHECK(m.n == 20, "40 examples / batch 4 = 10 steps per epoch, 2 epochs: got %d lines", m.n);
+    int with_val = 0;
+    for (int i = 0; i < m.n; i++) with_val += !isnan(field(m.lines[i], "val_loss"));
+    CHECK(with_val == 8, "val_loss at steps 3, 6, 9, 10 (epoch end), 12, 15, 18, 20: got %d lines", with_val);
+}
+
+int main(void) {
+    bin = getenv("LLAMA_ADAPTER_BIN") ? getenv("LLAMA_ADAPTER_BIN") : "build/llama-adapter";
+    if (access(bin, X_OK) != 0) {
+        printf("FAIL: %s is missing (build it first)\n", bin);
+        return 1;
+    }
+    snprintf(dir, sizeof dir, "/tmp/test_train_XXXXXX");
+    if (!mkdtemp(dir) || make_fixture()) {
+        printf("FAIL: could not make the fixture in %s\n", dir);
+        return 1;
+    }
+    RUN(test_adamw_step_matches_hand_computation);
+    RUN(test_loss_goes_down_and_metrics_are_well_formed);
+    RUN(test_schedule_values);
+    RUN(test_first_step_moves_only_gates_and_decay);
+    RUN(test_resume_is_bit_exact);
+    RUN(test_resume_refuses_other_model_or_shape);
+    RUN(test_export_round_trip);
+    RUN(test_zero_init_eval_equals_base);
+    RUN(test_sigint_writes_checkpoint);
+    RUN(test_config_file_and_flags);
+    RUN(test_validation_loss_is_reported);
+    if (!getenv("KEEP_TMP")) sh("rm -rf %s", dir);
+    else printf("kept %s\n", dir);
+    return TEST_MAIN_END("test_train");
+}
