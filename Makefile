@@ -37,6 +37,8 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+DEMO_SRC  := $(wildcard demo/*.c)
+DEMO_BIN  := $(DEMO_SRC:demo/%.c=$(BUILD)/demo/%)
 
 .PHONY: all test bench demo debug asan clean deps tests-build
 
@@ -52,7 +54,7 @@ test: deps
 	@$(MAKE) --no-print-directory tests-build
 	@sh tests/run_tests.sh $(BUILD)
 
-tests-build: $(BIN) $(TEST_BIN)
+tests-build: $(BIN) $(TEST_BIN) $(DEMO_BIN)
 
 # bench: speed figures (tables and ratios), never pass/fail; PyTorch as the peer when present.
 bench: deps
@@ -61,8 +63,8 @@ bench: deps
 
 # demo: the built-in end-to-end story (offline, cached in demo_out/).
 demo: deps
-	@$(MAKE) --no-print-directory $(BIN)
-	@sh scripts/demo.sh $(BIN)
+	@$(MAKE) --no-print-directory $(BIN) $(DEMO_BIN)
+	@sh scripts/demo.sh $(BUILD)
 
 # debug / asan: the same tests on an -O0 -g build / under AddressSanitizer+UBSan.
 debug:
@@ -85,6 +87,9 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/demo/%: $(BUILD)/demo/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.c

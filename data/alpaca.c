@@ -262,3 +262,66 @@ void alpaca_free(alpaca_set *s) {
     s->ex = NULL;
     s->n = 0;
 }
+
+int text_load(const char *path, alpaca_set *s, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    int cap = 0, lineno = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t n;
+    s->plain_text = 1;
+    while ((n = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+        if (n == 0) continue;
+        long bad = utf8_invalid_at((const unsigned char *)line, (size_t)n);
+        if (bad >= 0 || memchr(line, 0, (size_t)n)) {
+            snprintf(err, errlen, "%s: line %d: %s at byte %ld of the line", path, lineno,
+                     bad >= 0 ? "invalid UTF-8" : "NUL byte", bad >= 0 ? bad : (long)((char *)memchr(line, 0, (size_t)n) - line));
+            goto fail;
+        }
+        if (s->n == cap) {
+            cap = cap ? 2 * cap : 256;
+            alpaca_example *e = realloc(s->ex, (size_t)cap * sizeof *e);
+            if (!e) goto oom;
+            s->ex = e;
+        }
+        alpaca_example *x = &s->ex[s->n];
+        x->instruction = calloc(1, 1);
+        x->input = calloc(1, 1);
+        x->output = strdup(line);
+        s->n++;
+        if (!x->instruction || !x->input || !x->output) goto oom;
+    }
+    free(line);
+    fclose(f);
+    if (s->n == 0) {
+        snprintf(err, errlen, "%s: no text (expected one document per line)", path);
+        alpaca_free(s);
+        return -1;
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "%s: out of memory at line %d", path, lineno);
+fail:
+    free(line);
+    fclose(f);
+    alpaca_free(s);
+    return -1;
+}
+
+int data_load(const char *path, const char *format, alpaca_set *s, char *err, size_t errlen) {
+    if (!format || !strcmp(format, "auto")) {
+        size_t n = strlen(path);
+        format = n > 4 && !strcmp(path + n - 4, ".txt") ? "text" : "alpaca";
+    }
+    if (!strcmp(format, "text")) return text_load(path, s, err, errlen);
+    if (!strcmp(format, "alpaca")) return alpaca_load(path, s, err, errlen);
+    snprintf(err, errlen, "%s: data format '%s': expected auto, alpaca or text", path, format);
+    return -1;
+}

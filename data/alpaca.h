@@ -17,6 +17,7 @@ typedef struct alpaca_example {
 typedef struct alpaca_set {
     alpaca_example *ex;
     int n;
+    int plain_text; /* 1: examples are plain-text documents (in `output`), no template */
 } alpaca_set;
 
 /* Parses the file. 0, or -1 with one line in err: "FILE: example 12: field \"output\": expected
@@ -26,6 +27,16 @@ typedef struct alpaca_set {
  * empty array is an error. */
 int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen);
 void alpaca_free(alpaca_set *s);
+
+/* Plain-text documents for language-model training (pre-training, the demo's base model): one
+ * document per non-empty line of a UTF-8 text file, each trained on every token:
+ * ids = [bos] + encode(line) + [eos], labels = ids (the bos position is never a target).
+ * Fills s with plain_text = 1 (the line in `output`). 0 or -1 with err ("FILE: line 7: invalid
+ * UTF-8 ..."). */
+int text_load(const char *path, alpaca_set *s, char *err, size_t errlen);
+
+/* format "alpaca", "text", or "auto"/NULL (".txt" files are text, anything else Alpaca JSON). */
+int data_load(const char *path, const char *format, alpaca_set *s, char *err, size_t errlen);
 
 /* The template text of DESIGN.md §2 for one example (malloc'ed). */
 char *alpaca_prompt(const char *instruction, const char *input);

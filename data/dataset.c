@@ -24,10 +24,10 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 }
 
 /* Example i's ids (malloc'ed, *len entries) and the number of leading masked labels. */
-static int encode_example(const alpaca_example *x, int i, const tok *t, int max_seq_len, int **ids,
+static int encode_example(const alpaca_example *x, int plain, int i, const tok *t, int max_seq_len, int **ids,
                           int *len, int *n_prompt, int *truncated, char *err, size_t errlen) {
     *ids = NULL;
-    char *prompt = alpaca_prompt(x->instruction, x->input);
+    char *prompt = plain ? calloc(1, 1) : alpaca_prompt(x->instruction, x->input);
     size_t pl = prompt ? strlen(prompt) : 0, ol = strlen(x->output);
     char *full = prompt ? malloc(pl + ol + 1) : NULL;
     int *pids = NULL, *fids = NULL, np = 0, nf = 0, rc = -1;
@@ -104,7 +104,7 @@ int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len
 #pragma omp parallel for schedule(dynamic, 4)
     for (int i = 0; i < n; i++) {
         int tr = 0;
-        if (encode_example(&s->ex[i], i, t, max_seq_len, &ids[i], &len[i], &np[i], &tr, NULL, 0)) {
+        if (encode_example(&s->ex[i], s->plain_text, i, t, max_seq_len, &ids[i], &len[i], &np[i], &tr, NULL, 0)) {
 #pragma omp critical(dataset_bad)
             if (i < bad) bad = i;
         }
@@ -113,7 +113,7 @@ int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len
     }
     if (bad < n) { /* again, serially, for the message */
         int *tmp = NULL, l, p, tr;
-        if (!encode_example(&s->ex[bad], bad, t, max_seq_len, &tmp, &l, &p, &tr, err, errlen))
+        if (!encode_example(&s->ex[bad], s->plain_text, bad, t, max_seq_len, &tmp, &l, &p, &tr, err, errlen))
             set_err(err, errlen, "example %d: encoding failed", bad);
         free(tmp);
         goto fail;

@@ -12,6 +12,7 @@ void train_config_defaults(train_config *c) {
     memset(c, 0, sizeof *c);
     c->method = "adapter";
     c->gate_act = "tanh";
+    c->data_format = "auto";
     c->out = "runs/latest";
     c->adapter_len = 10;
     c->adapter_layer = 30;
@@ -42,6 +43,7 @@ void train_config_defaults(train_config *c) {
     {"model", ARG_STR, &(c)->model, "base model: HF Llama directory or llama2.c .bin", 0},                    \
     {"tokenizer", ARG_STR, &(c)->tokenizer, "SentencePiece .model of the base model", 0},                    \
     {"data", ARG_STR, &(c)->data, "Alpaca-format JSON training data", 0},                                    \
+    {"data-format", ARG_STR, &(c)->data_format, "auto (.txt = text) | alpaca | text (one document per line, all tokens trained)", 0}, \
     {"val-data", ARG_STR, &(c)->val_data, "Alpaca-format JSON validation data", 0},                          \
     {"val-split", ARG_INT, &(c)->val_split, "hold out the first N training examples for validation", 0},    \
     {"out", ARG_STR, &(c)->out, "run directory: checkpoints and metrics.jsonl", 0},                          \
@@ -187,6 +189,8 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
     NEED(c->out && *c->out, "train: --out must name a run directory");
     NEED(!strcmp(c->method, "adapter") || !strcmp(c->method, "full"), "train: --method '%s': expected adapter or full", c->method);
     NEED(!strcmp(c->gate_act, "tanh") || !strcmp(c->gate_act, "identity"), "train: --gate-act '%s': expected tanh or identity", c->gate_act);
+    NEED(!strcmp(c->data_format, "auto") || !strcmp(c->data_format, "alpaca") || !strcmp(c->data_format, "text"),
+         "train: --data-format '%s': expected auto, alpaca or text", c->data_format);
     NEED(c->adapter_len >= 1, "train: --adapter-len %d: expected >= 1", c->adapter_len);
     NEED(c->adapter_layer >= 1, "train: --adapter-layer %d: expected >= 1", c->adapter_layer);
     NEED(n_layers <= 0 || c->adapter_layer <= n_layers, "train: --adapter-layer %d: the model has %d layers", c->adapter_layer, n_layers);

@@ -11,6 +11,7 @@ typedef struct train_config {
     const char *model, *tokenizer, *data, *val_data, *out, *init_adapter, *resume;
     const char *method;   /* "adapter" | "full" */
     const char *gate_act; /* "tanh" | "identity" */
+    const char *data_format; /* "auto" | "alpaca" | "text" (plain documents, one per line) */
     int adapter_len, adapter_layer, max_seq_len, batch_size, accum_iter, epochs;
     double warmup_epochs, blr, lr, min_lr, weight_decay, beta1, beta2, eps;
     long long seed, max_steps;

@@ -51,12 +51,13 @@ int load_adapter_for(const char *path, const model_weights *w, int default_len, 
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *tokp = NULL, *data = NULL, *adapter = NULL;
+    const char *model = NULL, *tokp = NULL, *data = NULL, *adapter = NULL, *format = "auto";
     int max_seq_len = 512, batch_size = 4, adapter_len = 10, threads = 0;
     arg_spec specs[] = {
         {"model", ARG_STR, &model, "base model: HF Llama directory or llama2.c .bin", 0},
         {"tokenizer", ARG_STR, &tokp, "SentencePiece .model", 0},
-        {"data", ARG_STR, &data, "Alpaca-format JSON", 0},
+        {"data", ARG_STR, &data, "Alpaca-format JSON (or plain text, see --data-format)", 0},
+        {"data-format", ARG_STR, &format, "auto (.txt = text) | alpaca | text (one document per line)", 0},
         {"adapter", ARG_STR, &adapter, "adapter export, checkpoint or run directory (none: the base model)", 0},
         {"adapter-len", ARG_INT, &adapter_len, "K for adapter files without metadata", 0},
         {"max-seq-len", ARG_INT, &max_seq_len, "truncate examples to this many tokens", 0},
@@ -88,7 +89,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "llama-adapter eval: %s\n", err);
         return 1;
     }
-    if (!(tk = tok_load(tokp, err, sizeof err)) || alpaca_load(data, &raw, err, sizeof err) ||
+    if (!(tk = tok_load(tokp, err, sizeof err)) || data_load(data, format, &raw, err, sizeof err) ||
         dataset_build(&d, &raw, tk, max_seq_len, err, sizeof err) ||
         (adapter && load_adapter_for(adapter, &w, adapter_len, &tr, err, sizeof err))) {
         fprintf(stderr, "llama-adapter eval: %s\n", err);

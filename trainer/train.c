@@ -181,14 +181,14 @@ static int setup(run *r, char *err, size_t errlen) {
                  tok_vocab_size(r->tk), r->w.cfg.vocab_size);
         return -1;
     }
-    if (alpaca_load(c->data, &r->raw, err, errlen) ||
+    if (data_load(c->data, c->data_format, &r->raw, err, errlen) ||
         dataset_build(&r->train, &r->raw, r->tk, c->max_seq_len, err, errlen))
         return -1;
     if (c->val_split) {
         if (dataset_split(&r->train, &r->val, c->val_split, err, errlen)) return -1;
         r->has_val = 1;
     } else if (c->val_data) {
-        if (alpaca_load(c->val_data, &r->raw_val, err, errlen) ||
+        if (data_load(c->val_data, c->data_format, &r->raw_val, err, errlen) ||
             dataset_build(&r->val, &r->raw_val, r->tk, c->max_seq_len, err, errlen))
             return -1;
         r->has_val = 1;
