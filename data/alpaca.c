@@ -185,8 +185,7 @@ static int take_field(const char *path, int i, const cJSON *obj, const char *nam
 }
 
 int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen) {
-    s->ex = NULL;
-    s->n = 0;
+    memset(s, 0, sizeof *s);
     size_t len = 0;
     char *buf = read_all(path, &len, err, errlen);
     if (!buf) return -1;

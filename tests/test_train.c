@@ -448,6 +448,59 @@ static void test_config_file_and_flags(void) {
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) CHECK(strstr(text, keys[i]), "--help lacks %s", keys[i]);
 }
 
+/* --method full on plain text: every weight trains (language-model pre-training), the loss goes
+ * down, and the result is a HF directory that loads and evaluates to the logged loss level. */
+static void test_full_method_pretrains_on_text(void) {
+    char run[400], corpus[400], log[500];
+    snprintf(run, sizeof run, "%s/run_full", dir);
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", dir);
+    int st = sh("%s train --method full --model %s --tokenizer %s --data %s --out %s --batch-size 8 --epochs 1 --max-steps 30"
+                " --lr 0.003 --warmup-epochs 0.1 --no-shuffle --threads 2 > %s/full.log 2>&1",
+                bin, model_dir, tok_path, corpus, run, dir);
+    CHECK(st == 0, "train --method full exit %d (see %s/full.log)", st, dir);
+    metrics m;
+    read_metrics(run, &m);
+    CHECK(m.n == 30, "30 steps, got %d", m.n);
+    if (m.n < 30) return;
+    double first = field(m.lines[0], "loss"), last = field(m.lines[29], "loss");
+    printf("  full pre-training on text: loss %.4f -> %.4f in 30 steps\n", first, last);
+    CHECK(last < first - 1.0, "full training must lower the loss a lot: %.4f -> %.4f", first, last);
+    char model[500], err[512];
+    snprintf(model, sizeof model, "%s/model", run);
+    model_weights w;
+    CHECK(model_load(model, &w, err, sizeof err) == 0, "the trained model loads: %s", err);
+    if (!err[0] || w.layers) model_free(&w);
+    snprintf(log, sizeof log, "%s/full_eval.json", dir);
+    st = sh("%s eval --model %s --tokenizer %s --data %s > %s 2>/dev/null", bin, model, tok_path, corpus, log);
+    FILE *f = fopen(log, "r");
+    char line[256] = "";
+    if (f) {
+        if (!fgets(line, sizeof line, f)) line[0] = 0;
+        fclose(f);
+    }
+    CHECK(st == 0 && field(line, "loss") < first - 1.0, "eval of the trained model: %s", line);
+    /* a full checkpoint refuses to export as an adapter */
+    char args[900];
+    snprintf(args, sizeof args, "export --adapter %s --format safetensors --out %s/x.safetensors", run, dir);
+    expect_fail(args, "holds no adapter");
+}
+
+/* Every preset in configs/ is a valid config: the run gets as far as opening the model. */
+static void test_presets_parse(void) {
+    const char *presets[] = {"alpaca-7b", "tiny-test", "stories260k", "demo-pretrain", "demo-adapter", "demo-full"};
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        char path[300], args[1200];
+        snprintf(path, sizeof path, "configs/%s.json", presets[i]);
+        if (access(path, R_OK) != 0) {
+            CHECK(i >= 3, "%s is missing", path);
+            continue;
+        }
+        snprintf(args, sizeof args, "train --config %s --model %s/no-such-model --tokenizer %s --data %s --out %s/preset", path, dir,
+                 tok_path, data_path, dir);
+        expect_fail(args, "no-such-model");
+    }
+}
+
 static void test_validation_loss_is_reported(void) {
     char run[400];
     snprintf(run, sizeof run, "%s/run_val", dir);
@@ -484,6 +537,8 @@ int main(void) {
     RUN(test_sigint_writes_checkpoint);
     RUN(test_config_file_and_flags);
     RUN(test_validation_loss_is_reported);
+    RUN(test_presets_parse);
+    RUN(test_full_method_pretrains_on_text);
     if (!getenv("KEEP_TMP")) sh("rm -rf %s", dir);
     else printf("kept %s\n", dir);
     return TEST_MAIN_END("test_train");
