@@ -350,11 +350,13 @@ static void test_sgemm_matches_reference(void) {
     printf("  sgemm vs reference: worst abs difference %.2e over 6 shapes x 4 transposes x 2 betas\n", worst);
 }
 
-/* 16-bit frozen weights: the tiled conversion path equals f32 math on the rounded weights. */
-static void test_linear_16bit_weights(void) {
+/* 16-bit frozen weights: the tiled conversion path (T > 1) and the direct matrix-vector path
+ * (T = 1, decoding) equal f32 math on the rounded weights; T = 1 with f32 weights (sgemv) equals
+ * the naive reference. */
+static void check_linear_16bit(int T) {
     ag_rng rng;
     ag_rng_seed(&rng, 11);
-    int T = 5, I = 37, O = 300; /* O > one tile of 256 rows */
+    int I = 37, O = 300; /* O > one tile of 256 rows */
     float *x = malloc(sizeof(float) * T * I), *W = malloc(sizeof(float) * O * I), *Wr = malloc(sizeof(float) * O * I);
     uint16_t *Wh = malloc(2 * O * I);
     float *y16 = malloc(sizeof(float) * T * O), *y32 = malloc(sizeof(float) * T * O);
@@ -384,6 +386,20 @@ static void test_linear_16bit_weights(void) {
     CHECK(ag_f16_to_f32(0x0001) == 0x1p-24f, "f16 smallest subnormal");
     CHECK(ag_bf16_to_f32(ag_f32_to_bf16(1.00390625f)) == 1.0f, "bf16 ties to even");
     free(x); free(W); free(Wr); free(Wh); free(y16); free(y32); free(dy); free(dx16); free(dx32); free(work);
+}
+
+static void test_linear_16bit_weights(void) {
+    check_linear_16bit(1);
+    check_linear_16bit(5);
+    ag_rng rng;
+    ag_rng_seed(&rng, 12);
+    int I = 41, O = 19;
+    float x[41], W[19 * 41], y[19], yr[19];
+    for (int i = 0; i < I; i++) x[i] = (float)ag_rng_normal(&rng);
+    for (int i = 0; i < I * O; i++) W[i] = (float)ag_rng_normal(&rng);
+    kn_linear_forward(y, x, W, AG_F32, 1, I, O, NULL);
+    kn_sgemm_ref(0, 1, 1, O, I, 1.0f, x, I, W, I, 0.0f, yr, O);
+    for (int o = 0; o < O; o++) CHECK_CLOSE(y[o], yr[o], 1e-5, 1e-5, "f32 single-row forward");
 }
 
 /* With gate 0 the prefix changes nothing: output equals attention without it; the prompt

@@ -5,6 +5,10 @@
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KN_AVX2 1
+#endif
 
 #include "autograd/kernels/kernels.h"
 
@@ -44,9 +48,52 @@ static void convert_rows(float *buf, const void *W, ag_dtype wtype, int r0, int 
     for (int r = 0; r < n; r++) ag_to_f32(buf + (size_t)r * NI, src + (size_t)r * NI, wtype, (size_t)NI);
 }
 
+/* dot(W row of NI 16-bit values, x) in float; 8-wide FMA when the CPU has AVX2/FMA/F16C. */
+static float dot16(const uint16_t *w, const float *x, ag_dtype wtype, int NI) {
+    int i = 0;
+    float acc = 0.0f;
+#ifdef KN_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; i + 16 <= NI; i += 16) {
+        __m256 w0, w1;
+        if (wtype == AG_BF16) {
+            w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i))), 16));
+            w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i + 8))), 16));
+        } else {
+            w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
+            w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8)));
+        }
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
+    }
+    __m256 a = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    acc = _mm_cvtss_f32(h);
+#endif
+    for (; i < NI; i++) acc += (wtype == AG_BF16 ? ag_bf16_to_f32(w[i]) : ag_f16_to_f32(w[i])) * x[i];
+    return acc;
+}
+
+/* Decoding (a single row): one pass over W, memory-bound, so read it once in its own type. */
+static void matvec(float *y, const float *x, const void *W, ag_dtype wtype, int NI, int NO) {
+    if (wtype == AG_F32) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, NO, NI, 1.0f, W, NI, x, 1, 0.0f, y, 1);
+        return;
+    }
+    const uint16_t *w = W;
+    #pragma omp parallel for schedule(static) if ((size_t)NI * NO > 65536)
+    for (int o = 0; o < NO; o++) y[o] = dot16(w + (size_t)o * NI, x, wtype, NI);
+}
+
 void kn_linear_forward(float *y, const float *x, const void *W, ag_dtype wtype, int T, int NI, int NO,
                        float *work) {
     if (T == 0) return;
+    if (T == 1) {
+        matvec(y, x, W, wtype, NI, NO);
+        return;
+    }
     if (wtype == AG_F32) {
         kn_sgemm(0, 1, T, NO, NI, 1.0f, x, NI, W, NI, 0.0f, y, NO);
         return;
