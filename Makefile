@@ -13,14 +13,16 @@ OPT_release := -O3 -march=native
 OPT_debug   := -O0 -g3
 OPT_asan    := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
 OPT     := $(OPT_$(MODE))
+# CI (which sets CI=true) turns warnings into errors.
+WERROR  := $(if $(filter true,$(CI)),-Werror)
 # Never -ffast-math: it changes the numerics of the backward passes.
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # Load the OpenMP build of OpenBLAS whatever the system alternative says.
 BLAS_DIR   := $(shell pkg-config --variable=libdir openblas 2>/dev/null)
 CPPFLAGS   := -I. $(PKG_CFLAGS) -MMD -MP
-CFLAGS     := -std=c11 -D_GNU_SOURCE $(OPT) -fopenmp $(WARN) $(EXTRA_CFLAGS)
-CXXFLAGS   := -std=c++17 $(OPT) -fopenmp -Wall -Wextra
+CFLAGS     := -std=c11 -D_GNU_SOURCE $(OPT) -fopenmp $(WARN) $(WERROR) $(EXTRA_CFLAGS)
+CXXFLAGS   := -std=c++17 $(OPT) -fopenmp -Wall -Wextra $(WERROR)
 comma      := ,
 SAN_LD     := $(if $(filter asan,$(MODE)),-fsanitize=address$(comma)undefined)
 RPATH      := $(if $(BLAS_DIR),-Wl$(comma)-rpath$(comma)$(BLAS_DIR))
