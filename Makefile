@@ -3,7 +3,7 @@
 
 CC      ?= cc
 CXX     ?= c++
-PKGS    := openblas libcjson hdf5 sentencepiece
+PKGS    := openblas libcjson hdf5 sentencepiece ompi-c
 MODE    ?= release
 BUILD   ?= build$(if $(filter release,$(MODE)),,/$(MODE))
 

@@ -5,8 +5,8 @@
  *               seed ^ (0x9e3779b97f4a7c15 * (epoch + 1)); it depends on (seed, epoch) alone,
  *               so {epoch, index} plus the seed resumes exactly.
  * floor(n / B) micro-batches per epoch (drop_last).
- * Deliberately not here: sharding across MPI ranks (the caller picks indices), length bucketing,
- * prefetching. */
+ * Data-parallel ranks take interleaved shards (loader_set_shard).
+ * Deliberately not here: length bucketing, prefetching. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,8 +47,13 @@ int loader_init(loader *l, const dataset *d, int batch_size, int shuffle, uint64
     l->shuffle = shuffle;
     l->seed = seed;
     l->epoch = -1;
+    l->world = 1;
     l->perm = malloc((size_t)(d->n ? d->n : 1) * sizeof *l->perm);
-    if (!l->perm) return -1;
+    l->pick = malloc((size_t)batch_size * sizeof *l->pick);
+    if (!l->perm || !l->pick) {
+        loader_free(l);
+        return -1;
+    }
     for (int i = 0; i < d->n; i++) l->perm[i] = i;
     /* size the buffers once for the longest possible training micro-batch */
     int maxlen = 0;
@@ -67,6 +72,7 @@ int loader_init(loader *l, const dataset *d, int batch_size, int shuffle, uint64
 void loader_free(loader *l) {
     if (!l) return;
     free(l->perm);
+    free(l->pick);
     free(l->mb.ids);
     free(l->mb.targets);
     free(l->mb.pos);
@@ -75,7 +81,14 @@ void loader_free(loader *l) {
     memset(l, 0, sizeof *l);
 }
 
-int loader_steps_per_epoch(const loader *l) { return l->d->n / l->batch_size; }
+int loader_set_shard(loader *l, int rank, int world) {
+    if (world < 1 || rank < 0 || rank >= world) return -1;
+    l->rank = rank;
+    l->world = world;
+    return 0;
+}
+
+int loader_steps_per_epoch(const loader *l) { return l->d->n / (l->batch_size * l->world); }
 
 static void loader_permute(loader *l, int epoch) {
     int n = l->d->n;
@@ -96,7 +109,9 @@ static void loader_permute(loader *l, int epoch) {
 const microbatch *loader_get(loader *l, int epoch, int index) {
     if (epoch < 0 || index < 0 || index >= loader_steps_per_epoch(l)) return NULL;
     if (l->epoch != epoch) loader_permute(l, epoch);
-    return loader_pack(l, l->perm + (size_t)index * l->batch_size, l->batch_size);
+    for (int j = 0; j < l->batch_size; j++)
+        l->pick[j] = l->perm[((size_t)index * l->batch_size + (size_t)j) * (size_t)l->world + (size_t)l->rank];
+    return loader_pack(l, l->pick, l->batch_size);
 }
 
 const microbatch *loader_pack(loader *l, const int *examples, int n) {

@@ -30,11 +30,17 @@ typedef struct loader {
     int *perm;        /* [d->n] */
     microbatch mb;    /* buffers reused by loader_get */
     int cap_seq, cap_tok; /* allocated sizes of mb's per-sequence and per-token buffers */
+    int rank, world;  /* data-parallel shard: this process takes every world-th example */
+    int *pick;        /* [batch_size] examples of the current micro-batch */
 } loader;
 
 int loader_init(loader *l, const dataset *d, int batch_size, int shuffle, uint64_t seed);
 void loader_free(loader *l);
-/* Micro-batches per epoch: floor(n / batch_size). */
+/* Data parallelism: rank r of `world` takes, for its micro-batch i, the examples
+ * order[(i*B + j)*world + r], j < B: rank r's shard is order[r::world] (as the reference's
+ * DistributedSampler) cut into micro-batches of B. Default: rank 0 of 1. 0 or -1. */
+int loader_set_shard(loader *l, int rank, int world);
+/* Micro-batches per epoch (per rank): floor(n / (batch_size * world)). */
 int loader_steps_per_epoch(const loader *l);
 /* Micro-batch `index` (0-based) of `epoch`. Returns a pointer to l->mb; NULL when index is out
  * of [0, loader_steps_per_epoch) or epoch < 0. */

@@ -3,7 +3,7 @@
 # python3-torch (for /usr/bin/python3) is the peer of the .pth tests and the benchmarks.
 # Usage: scripts/deps.sh [extra-package ...]
 set -e
-PKGS="build-essential pkg-config libopenblas-openmp-dev libcjson-dev libhdf5-dev libsentencepiece-dev python3-torch $*"
+PKGS="build-essential pkg-config libopenblas-openmp-dev libcjson-dev libhdf5-dev libsentencepiece-dev libopenmpi-dev openmpi-bin python3-torch $*"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -36,6 +36,7 @@ void train_config_defaults(train_config *c) {
     c->eval_every = 0;
     c->log_every = 10;
     c->val_split = 0;
+    c->world_size = 1;
 }
 
 #define SPECS(c)                                                                                              \
@@ -91,6 +92,14 @@ static int load_json_text(train_config *c, arg_spec *specs, int n, const char *p
     cJSON_AddItemToArray(keep, root);
     c->json_keep = keep;
     for (cJSON *it = root->child; it; it = it->next) {
+        if (!strcmp(it->string, "world_size")) { /* a record of the run, checked by the trainer */
+            if (!cJSON_IsNumber(it) || it->valuedouble < 1) {
+                fprintf(stderr, "llama-adapter train: %s: key \"world_size\": expected a positive integer\n", path);
+                return -1;
+            }
+            c->json_world_size = (int)it->valuedouble;
+            continue;
+        }
         char name[64];
         snprintf(name, sizeof name, "%s", it->string);
         for (char *p = name; *p; p++)
@@ -213,7 +222,7 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
 
 double train_config_lr(const train_config *c) {
     if (c->lr > 0) return c->lr;
-    double eff = (double)c->batch_size * c->accum_iter; /* x world_size once data-parallel runs exist */
+    double eff = (double)c->batch_size * c->accum_iter * c->world_size;
     return c->blr * eff / 256.0;
 }
 
@@ -247,6 +256,7 @@ char *train_config_json(const train_config *c) {
         }
     }
     (void)config_path;
+    cJSON_AddNumberToObject(o, "world_size", c->world_size);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;

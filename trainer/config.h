@@ -16,6 +16,8 @@ typedef struct train_config {
     double warmup_epochs, blr, lr, min_lr, weight_decay, beta1, beta2, eps;
     long long seed, max_steps;
     int no_shuffle, threads, save_every, keep, eval_every, log_every, val_split;
+    int world_size;       /* data-parallel processes (from MPI, not a flag) */
+    int json_world_size;  /* "world_size" of a config file or resumed checkpoint; 0 when absent */
     void *json_keep;      /* parsed config file (owns the strings taken from it) */
 } train_config;
 
@@ -28,7 +30,8 @@ int train_config_parse(train_config *c, int argc, char **argv, const char *base_
 /* Checks ranges and required paths; -1 with err. n_layers: of the loaded model (adapter_layer
  * is checked against it). */
 int train_config_validate(const train_config *c, int n_layers, char *err, size_t errlen);
-/* The effective learning rate: lr if given (> 0), else blr * eff_batch / 256. */
+/* The effective learning rate: lr if given (> 0), else blr * eff_batch / 256 with
+ * eff_batch = batch_size * accum_iter * world_size. */
 double train_config_lr(const train_config *c);
 /* The resolved config as a JSON object (malloc'ed string). */
 char *train_config_json(const train_config *c);

@@ -7,7 +7,8 @@
  * weights, AdamW moments and step, data cursor, config, base model and tokenizer fingerprints);
  * a resumed run writes the same metrics and ends with the same parameters, bit for bit.
  * SIGINT/SIGTERM finish the current step, write a checkpoint and exit with status 130.
- * What it does not do (yet): data parallelism across processes. */
+ * Under mpirun every rank trains on its shard of the data and the gradients are averaged before
+ * each step (trainer/dist.h); rank 0 alone prints, writes metrics and checkpoints. */
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
@@ -23,6 +24,7 @@
 #include "data/loader.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
+#include "trainer/dist.h"
 #include "trainer/eval.h"
 #include "trainer/llama.h"
 #include "trainer/optim.h"
@@ -34,6 +36,7 @@ static void on_signal(int sig) { g_stop = sig; }
 
 typedef struct run {
     train_config *c;
+    const dist *d;
     model_weights w;
     tok *tk;
     alpaca_set raw, raw_val;
@@ -71,6 +74,10 @@ static int mkdir_p(const char *path, char *err, size_t errlen) {
 }
 
 static int save_checkpoint(run *r, char *err, size_t errlen) {
+    if (r->d->rank != 0) {
+        r->last_saved = r->step;
+        return 0;
+    }
     char path[4200];
     snprintf(path, sizeof path, "%s/ckpt-%08lld.h5", r->c->out, (long long)r->step);
     train_ckpt ck;
@@ -193,9 +200,9 @@ static int setup(run *r, char *err, size_t errlen) {
             return -1;
         r->has_val = 1;
     }
-    if (r->train.n / c->batch_size / c->accum_iter < 1) {
-        snprintf(err, errlen, "%s: %d training examples make no full optimizer step of batch %d x accum %d", c->data,
-                 r->train.n, c->batch_size, c->accum_iter);
+    if (r->train.n / c->batch_size / c->accum_iter / c->world_size < 1) {
+        snprintf(err, errlen, "%s: %d training examples make no full optimizer step of batch %d x accum %d x %d processes",
+                 c->data, r->train.n, c->batch_size, c->accum_iter, c->world_size);
         return -1;
     }
     dataset_summary(&r->train, "train", stdout);
@@ -234,7 +241,8 @@ static int setup(run *r, char *err, size_t errlen) {
         r->opt.no_decay[r->opt.n_no_decay++][1] = ag_numel(&r->w.norm);
     }
     if (mkdir_p(c->out, err, errlen)) return -1;
-    if (loader_init(&r->ld, &r->train, c->batch_size, !c->no_shuffle, (uint64_t)c->seed)) {
+    if (loader_init(&r->ld, &r->train, c->batch_size, !c->no_shuffle, (uint64_t)c->seed) ||
+        loader_set_shard(&r->ld, r->d->rank, r->d->world)) {
         snprintf(err, errlen, "out of memory for the data loader");
         return -1;
     }
@@ -274,16 +282,19 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
     if (c->max_steps > 0 && c->max_steps < total) total = c->max_steps;
     double lr_peak = train_config_lr(c);
     if (resume_ck && restore(r, resume_ck, resume_file, err, errlen)) return -1;
-    if (!(r->metrics = open_metrics(c->out, r->step, err, errlen))) return -1;
-    printf("training: %s, %zu trainable parameters (%s), %d micro-batches/epoch, %d steps/epoch, %lld steps, lr %.6g (eff batch %d)\n",
+    if (r->d->rank == 0 && !(r->metrics = open_metrics(c->out, r->step, err, errlen))) return -1;
+    printf("training: %s, %zu trainable parameters (%s), %d micro-batches/epoch%s, %d steps/epoch, %lld steps, lr %.6g (eff batch %d)\n",
            c->method, r->tr.n, r->tr.is_adapter ? "adaption prompts + gates" : "every weight", micro_per_epoch,
-           steps_per_epoch, (long long)total, lr_peak, c->batch_size * c->accum_iter);
+           r->d->world > 1 ? " per process" : "", steps_per_epoch, (long long)total, lr_peak,
+           c->batch_size * c->accum_iter * c->world_size);
+    if (r->d->world > 1) printf("data parallel: %d processes, %d threads each\n", r->d->world, omp_get_max_threads());
     if (r->step > 0) printf("resumed at step %lld (epoch %d, micro-batch %lld)\n", (long long)r->step, r->epoch, (long long)r->micro);
     fflush(stdout);
     int tty = isatty(fileno(stdout));
     double t_start = omp_get_wtime();
     int64_t steps_this_run = 0;
-    while (r->step < total && !g_stop) {
+    int stop = 0; /* agreed by every rank after each step */
+    while (r->step < total && !stop) {
         if (r->micro + c->accum_iter > (int64_t)steps_per_epoch * c->accum_iter) { /* partial cycle: discard */
             r->epoch++;
             r->micro = 0;
@@ -300,10 +311,17 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
             ag_arena_reset(&r->arena);
             int n_loss = 0;
             ag_tensor *loss = llama_loss(&r->tape, &r->w, r->tr.is_adapter ? &r->tr : NULL, mb, &n_loss);
-            if (loss->requires_grad && n_loss > 0) ag_backward(&r->tape, loss, 1.0f / (float)c->accum_iter);
+            if (loss->requires_grad && n_loss > 0)
+                ag_backward(&r->tape, loss, 1.0f / (float)(c->accum_iter * c->world_size));
             loss_sum += ag_f32(loss)[0];
             tokens += n_loss;
             all_tokens += mb->T;
+        }
+        if (r->d->world > 1) { /* the mean over ranks: gradients were scaled by 1/world above */
+            dist_sum_f32(r->d, r->tr.g, r->tr.n);
+            loss_sum = dist_sum_f64(r->d, loss_sum) / r->d->world;
+            tokens = dist_sum_i64(r->d, tokens);
+            all_tokens = dist_sum_i64(r->d, all_tokens);
         }
         float step_loss = (float)(loss_sum / c->accum_iter);
         adamw_step(&r->opt, r->tr.p, r->tr.g, lr);
@@ -316,12 +334,15 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
         int64_t val_tokens = 0;
         if (r->has_val && (epoch_end || (c->eval_every && r->step % c->eval_every == 0) || r->step == total))
             val_loss = validate(r, &val_tokens);
-        fprintf(r->metrics, "{\"step\":%lld,\"epoch\":%.9g,\"lr\":%.17g,\"loss\":%.9g,\"tokens\":%lld,\"total_tokens\":%lld,"
-                            "\"tokens_per_s\":%.1f,\"total_tokens_per_s\":%.1f",
-                (long long)r->step, e, lr, step_loss, (long long)tokens, (long long)all_tokens, tokens / dt, all_tokens / dt);
-        if (!isnan(val_loss)) fprintf(r->metrics, ",\"val_loss\":%.9g,\"val_tokens\":%lld", val_loss, (long long)val_tokens);
-        fputs("}\n", r->metrics);
-        fflush(r->metrics);
+        stop = dist_max_int(r->d, (int)g_stop);
+        if (r->metrics) {
+            fprintf(r->metrics, "{\"step\":%lld,\"epoch\":%.9g,\"lr\":%.17g,\"loss\":%.9g,\"tokens\":%lld,\"total_tokens\":%lld,"
+                                "\"tokens_per_s\":%.1f,\"total_tokens_per_s\":%.1f",
+                    (long long)r->step, e, lr, step_loss, (long long)tokens, (long long)all_tokens, tokens / dt, all_tokens / dt);
+            if (!isnan(val_loss)) fprintf(r->metrics, ",\"val_loss\":%.9g,\"val_tokens\":%lld", val_loss, (long long)val_tokens);
+            fputs("}\n", r->metrics);
+            fflush(r->metrics);
+        }
         double elapsed = omp_get_wtime() - t_start;
         char eta[32];
         fmt_duration(eta, sizeof eta, elapsed / steps_this_run * (double)(total - r->step));
@@ -343,17 +364,36 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
     if (tty) printf("\n");
     if (r->last_saved != r->step && save_checkpoint(r, err, errlen)) return -1;
     printf("checkpoint: %s/ckpt-%08lld.h5\n", c->out, (long long)r->step);
-    if (g_stop) {
-        printf("interrupted by signal %d at step %lld; continue with: llama-adapter train --resume %s\n", (int)g_stop,
+    if (stop) {
+        printf("interrupted by signal %d at step %lld; continue with: llama-adapter train --resume %s\n", stop,
                (long long)r->step, c->out);
         return 130;
     }
     return 0;
 }
 
+static int train_main(const dist *d, int argc, char **argv);
+
 int cmd_train(int argc, char **argv) {
+    dist d;
+    dist_init(&d, &argc, &argv);
+    if (d.rank != 0) { /* only rank 0 reports */
+        FILE *devnull = freopen("/dev/null", "w", stdout);
+        (void)devnull;
+    }
+    int status = train_main(&d, argc, argv);
+    if (status != 0 && status != 130 && d.world > 1) {
+        fflush(stderr);
+        dist_abort(&d, status);
+    }
+    dist_finalize(&d);
+    return status;
+}
+
+static int train_main(const dist *d, int argc, char **argv) {
     train_config c;
     train_config_defaults(&c);
+    c.world_size = d->world;
     char err[1024], resume_file[4096] = "";
     train_ckpt ck;
     memset(&ck, 0, sizeof ck);
@@ -379,10 +419,18 @@ int cmd_train(int argc, char **argv) {
     }
     if (have_ck) c.init_adapter = NULL; /* the checkpoint supersedes the run's starting adapter */
     if (c.threads > 0) omp_set_num_threads(c.threads);
+    else if (d->local_world > 1) omp_set_num_threads(omp_get_num_procs() / d->local_world > 1 ? omp_get_num_procs() / d->local_world : 1);
     run r;
     memset(&r, 0, sizeof r);
     r.c = &c;
+    r.d = d;
     int status = 1;
+    if (c.json_world_size && c.json_world_size != d->world) {
+        fprintf(stderr, "llama-adapter train: %s: made for %d process%s, this run has %d (start it with mpirun -np %d)\n",
+                have_ck ? resume_file : "config", c.json_world_size, c.json_world_size > 1 ? "es" : "", d->world,
+                c.json_world_size);
+        goto done;
+    }
     if (train_config_validate(&c, 0, err, sizeof err) || setup(&r, err, sizeof err)) {
         fprintf(stderr, "llama-adapter train: %s\n", err);
         goto done;
@@ -407,7 +455,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "llama-adapter train: %s\n", err);
         goto done;
     }
-    if (!r.tr.is_adapter) { /* full fine-tuning: the result is a model; write it as a HF directory */
+    if (!r.tr.is_adapter && d->rank == 0) { /* full fine-tuning: the result is a model; write it as a HF directory */
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/model", c.out);
         if (model_save_hf(dir, &r.w, AG_F32, 0, err, sizeof err)) {
