@@ -8,10 +8,14 @@
  * Everything here is static: each test binary includes it once. */
 #ifndef TEST_H
 #define TEST_H
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int t_passed, t_failed, t_skipped, t_cur_failed, t_cur_skipped;
 static const char *t_name;
@@ -71,4 +75,71 @@ static inline const char *test_shared(const char *rel, char *buf, size_t n) {
     fclose(f);
     return buf;
 }
+
+/* A whole file as a NUL-terminated malloc'ed string (*n bytes when n != NULL); NULL when it
+ * cannot be read. */
+static inline char *test_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)(len > 0 ? len : 0) + 1);
+    size_t k = b && len > 0 ? fread(b, 1, (size_t)len, f) : 0;
+    fclose(f);
+    if (!b) return NULL;
+    b[k] = '\0';
+    if (n) *n = k;
+    return b;
+}
+
+static inline int test_count_lines(const char *s) {
+    int n = 0;
+    for (; s && *s; s++) n += *s == '\n';
+    return n;
+}
+
+/* The binary under test: $LLAMA_ADAPTER_BIN (set by tests/run_tests.sh) or build/llama-adapter.
+ * NULL, after a failed CHECK, when it is not there. */
+static inline const char *test_bin(void) {
+    const char *b = getenv("LLAMA_ADAPTER_BIN");
+    if (!b) b = "build/llama-adapter";
+    if (access(b, X_OK) != 0) {
+        CHECK(0, "binary %s not found: build it (make build/llama-adapter) or set LLAMA_ADAPTER_BIN", b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Runs `BIN ARGS` through the shell with stdout and stderr captured in files of dir; *out and
+ * *err (when not NULL) get them as malloc'ed strings. Returns the exit status, -1 when the
+ * process did not exit normally. */
+static inline int test_run_bin(const char *dir, const char *args, char **out, char **err) {
+    if (out) *out = NULL;
+    if (err) *err = NULL;
+    const char *bin = test_bin();
+    if (!bin) return -1;
+    size_t n = strlen(bin) + strlen(args) + 2 * strlen(dir) + 64;
+    char *cmd = malloc(n), *of = malloc(strlen(dir) + 32), *ef = malloc(strlen(dir) + 32);
+    sprintf(of, "%s/run_stdout.txt", dir);
+    sprintf(ef, "%s/run_stderr.txt", dir);
+    snprintf(cmd, n, "%s %s >%s 2>%s", bin, args, of, ef);
+    int st = system(cmd);
+    if (out) *out = test_read_file(of, NULL);
+    if (err) *err = test_read_file(ef, NULL);
+    free(cmd);
+    free(of);
+    free(ef);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static inline int test_rm_entry_(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+/* Removes a directory tree (the tests' temporary folders). */
+static inline void test_rmtree(const char *dir) { nftw(dir, test_rm_entry_, 16, FTW_DEPTH | FTW_PHYS); }
 #endif

@@ -42,20 +42,6 @@ static int write_bytes(const char *path, const void *p, size_t n) {
 }
 static int write_text(const char *path, const char *s) { return write_bytes(path, s, strlen(s)); }
 
-static char *read_text(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)len + 1);
-    size_t k = b ? fread(b, 1, (size_t)len, f) : 0;
-    fclose(f);
-    if (!b) return NULL;
-    b[k] = '\0';
-    if (n) *n = k;
-    return b;
-}
 
 static double now_s(void) {
     struct timespec ts;
@@ -111,36 +97,14 @@ static int build_from_json(const char *name, const char *json, int max_seq_len, 
     return 0;
 }
 
-/* The binary under test; NULL (with a failure) when it is missing. */
-static const char *cli_bin(void) {
-    const char *b = getenv("LLAMA_ADAPTER_BIN");
-    if (!b) b = "build/llama-adapter";
-    if (access(b, X_OK) != 0) {
-        CHECK(0, "binary %s not found: build it (make build/llama-adapter) or set LLAMA_ADAPTER_BIN", b);
-        return NULL;
-    }
-    return b;
-}
 
 /* Runs `BIN inspect ARGS`, returns the exit status; stderr (malloc'ed) in *err_text. */
 static int run_inspect(const char *args, char **err_text) {
-    *err_text = NULL;
-    const char *bin = cli_bin();
-    if (!bin) return -1;
-    char errf[512], cmd[2048];
-    path_in(errf, sizeof errf, "cli_stderr.txt");
-    snprintf(cmd, sizeof cmd, "%s inspect %s >/dev/null 2>%s", bin, args, errf);
-    int st = system(cmd);
-    *err_text = read_text(errf, NULL);
-    if (st == -1 || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
+    char full[4096];
+    snprintf(full, sizeof full, "inspect %s", args);
+    return test_run_bin(g_dir, full, NULL, err_text);
 }
 
-static int count_lines(const char *s) {
-    int n = 0;
-    for (; s && *s; s++) n += *s == '\n';
-    return n;
-}
 
 /* ---------------------------------------------------------------- templates */
 
@@ -202,9 +166,9 @@ static void test_tok_train_is_deterministic_and_loads(void) {
     /* the model file records its prefix and input path: train twice into the same prefix */
     CHECK(train_small_model("spm", g_model, sizeof g_model, err, sizeof err) == 0, "tok_train: %s", err);
     size_t n1 = 0, n2 = 0;
-    char *b1 = read_text(g_model, &n1);
+    char *b1 = test_read_file(g_model, &n1);
     CHECK(train_small_model("spm", g_model, sizeof g_model, err, sizeof err) == 0, "tok_train (2): %s", err);
-    char *b2 = read_text(g_model, &n2);
+    char *b2 = test_read_file(g_model, &n2);
     CHECK(b1 && b2 && n1 == n2 && n1 > 0 && !memcmp(b1, b2, n1),
           "two trainings on the same corpus give different model files (%zu vs %zu bytes)", n1, n2);
     free(b1);
@@ -496,7 +460,7 @@ static void test_llama2_alpaca_small_ids_and_summary(void) {
     FILE *f = fopen(sp, "w");
     dataset_summary(&d, "alpaca_small", f);
     fclose(f);
-    char *sum = read_text(sp, NULL);
+    char *sum = test_read_file(sp, NULL);
     printf("%s", sum ? sum : "");
     CHECK(sum && strstr(sum, "2000 (753 with input, 1247 without)"), "summary examples line");
     CHECK(sum && strstr(sum, "max 512"), "summary max");
@@ -743,14 +707,14 @@ static void test_bad_tokenizer_file_is_named(void) {
 /* The binary: exit status 1 and exactly one line on stderr for each bad input. */
 static void test_cli_inspect_bad_input_exit_status(void) {
     if (!g_tok) SKIP("no trained tokenizer");
-    if (!cli_bin()) return;
+    if (!test_bin()) return;
     char args[2048], p[512], *e = NULL;
     for (size_t i = 0; i < sizeof BAD / sizeof *BAD; i++) {
         path_in(p, sizeof p, BAD[i].name);
         snprintf(args, sizeof args, "%s --tokenizer %s", p, g_model);
         int st = run_inspect(args, &e);
         CHECK(st == 1, "%s: exit status %d, want 1", BAD[i].name, st);
-        CHECK(e && count_lines(e) == 1, "%s: stderr has %d lines: [%s]", BAD[i].name, count_lines(e), e ? e : "");
+        CHECK(e && test_count_lines(e) == 1, "%s: stderr has %d lines: [%s]", BAD[i].name, test_count_lines(e), e ? e : "");
         CHECK(e && strstr(e, BAD[i].want), "%s: stderr [%s] lacks [%s]", BAD[i].name, e ? e : "", BAD[i].want);
         free(e);
     }
@@ -761,7 +725,7 @@ static void test_cli_inspect_bad_input_exit_status(void) {
     path_in(badm, sizeof badm, "not_a_model.model");
     snprintf(args, sizeof args, "%s --tokenizer %s", good, badm);
     int st = run_inspect(args, &e);
-    CHECK(st == 1 && e && count_lines(e) == 1 && strstr(e, "not a SentencePiece model"),
+    CHECK(st == 1 && e && test_count_lines(e) == 1 && strstr(e, "not a SentencePiece model"),
           "bad tokenizer: status %d stderr [%s]", st, e ? e : "");
     free(e);
     /* success: status 0, nothing on stderr */
@@ -772,7 +736,7 @@ static void test_cli_inspect_bad_input_exit_status(void) {
     /* usage errors: status 2; --help: status 0 */
     snprintf(args, sizeof args, "%s", good);
     st = run_inspect(args, &e);
-    CHECK(st == 2 && e && count_lines(e) == 1 && strstr(e, "--tokenizer"), "missing --tokenizer: %d [%s]",
+    CHECK(st == 2 && e && test_count_lines(e) == 1 && strstr(e, "--tokenizer"), "missing --tokenizer: %d [%s]",
           st, e ? e : "");
     free(e);
     snprintf(args, sizeof args, "%s --help", good);
@@ -783,10 +747,6 @@ static void test_cli_inspect_bad_input_exit_status(void) {
 
 /* ---------------------------------------------------------------- main */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
 
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/test_data_XXXXXX");
@@ -808,6 +768,6 @@ int main(void) {
     RUN(test_bad_tokenizer_file_is_named);
     RUN(test_cli_inspect_bad_input_exit_status);
     tok_free(g_tok);
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(g_dir);
     return TEST_MAIN_END("test_data");
 }

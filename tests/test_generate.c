@@ -35,25 +35,7 @@ static char g_dir[256]; /* mkdtemp directory, removed at the end */
 
 static void path_in(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", g_dir, name); }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)len + 1);
-    size_t k = b ? fread(b, 1, (size_t)len, f) : 0;
-    fclose(f);
-    if (!b) return NULL;
-    b[k] = '\0';
-    return b;
-}
 
-static int count_lines(const char *s) {
-    int n = 0;
-    for (; s && *s; s++) n += *s == '\n';
-    return n;
-}
 
 static llama_config make_cfg(int dim, int n_layers, int H, int G, int hidden, int V, int max_seq) {
     llama_config c;
@@ -498,35 +480,16 @@ static void test_sampler_shortcut_matches_brute_force_nucleus(void) {
 
 /* ---------------------------------------------------------------- the binary */
 
-static const char *cli_bin(void) {
-    const char *b = getenv("LLAMA_ADAPTER_BIN");
-    if (!b) b = "build/llama-adapter";
-    if (access(b, X_OK) != 0) {
-        CHECK(0, "binary %s not found: build it (make build/llama-adapter) or set LLAMA_ADAPTER_BIN", b);
-        return NULL;
-    }
-    return b;
-}
 
 /* Runs `BIN generate ARGS`; returns the exit status (-1 when it did not exit); stdout and
  * stderr (malloc'ed) into *out / *errt when not NULL. */
 static int run_gen(const char *args, char **out, char **errt) {
-    if (out) *out = NULL;
-    if (errt) *errt = NULL;
-    const char *bin = cli_bin();
-    if (!bin) return -1;
-    char of[512], ef[512];
-    path_in(of, sizeof of, "cli_stdout.txt");
-    path_in(ef, sizeof ef, "cli_stderr.txt");
-    size_t len = strlen(bin) + strlen(args) + 2 * 512 + 64;
-    char *cmd = malloc(len);
-    snprintf(cmd, len, "%s generate %s >%s 2>%s", bin, args, of, ef);
-    int st = system(cmd);
-    free(cmd);
-    if (out) *out = read_text(of);
-    if (errt) *errt = read_text(ef);
-    if (st == -1 || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
+    size_t n = strlen(args) + 16;
+    char *full = malloc(n);
+    snprintf(full, n, "generate %s", args);
+    int st = test_run_bin(g_dir, full, out, errt);
+    free(full);
+    return st;
 }
 
 /* space-separated ids -> array; returns count (-1 on a non-number) */
@@ -624,7 +587,7 @@ static void test_cli_greedy_on_stories260K_is_deterministic_and_stops(void) {
     char *args2 = malloc(strlen(big) + 1024);
     sprintf(args2, "--model %s --prompt-ids %s --print-ids --temperature 0", mp, big);
     s3 = run_gen(args2, NULL, &e3);
-    CHECK(s3 == 1 && count_lines(e3) == 1 && strstr(e3, "max_seq_len"), "512-token prompt: status %d [%s]", s3,
+    CHECK(s3 == 1 && test_count_lines(e3) == 1 && strstr(e3, "max_seq_len"), "512-token prompt: status %d [%s]", s3,
           e3 ? e3 : "");
     free(e3);
     free(args2);
@@ -885,7 +848,7 @@ static void test_cli_bad_input_gives_one_line_and_nonzero_exit(void) {
     cases[nc++].want = 1;
     for (int i = 0; i < nc; i++) {
         int st = run_gen(cases[i].args, NULL, &errt);
-        CHECK(st == cases[i].want && count_lines(errt) == 1, "%s: status %d (want %d), stderr [%s]", cases[i].what, st,
+        CHECK(st == cases[i].want && test_count_lines(errt) == 1, "%s: status %d (want %d), stderr [%s]", cases[i].what, st,
               cases[i].want, errt ? errt : "");
         if (i == 3) CHECK(errt && strstr(errt, "vocabulary"), "id >= vocab: message [%s]", errt ? errt : "");
         free(errt);
@@ -893,17 +856,13 @@ static void test_cli_bad_input_gives_one_line_and_nonzero_exit(void) {
     /* no tokenizer for text output */
     snprintf(args, sizeof args, "--model %s --prompt 'hello'", mp);
     int st = run_gen(args, NULL, &errt);
-    CHECK(st == 2 && count_lines(errt) == 1 && strstr(errt, "--tokenizer"), "missing --tokenizer: status %d [%s]", st,
+    CHECK(st == 2 && test_count_lines(errt) == 1 && strstr(errt, "--tokenizer"), "missing --tokenizer: status %d [%s]", st,
           errt ? errt : "");
     free(errt);
 }
 
 /* ---------------------------------------------------------------- main */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
 
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/test_generate_XXXXXX");
@@ -927,6 +886,6 @@ int main(void) {
         model_free(&g_w);
     }
     tok_free(g_tok);
-    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(g_dir);
     return TEST_MAIN_END("test_generate");
 }

@@ -492,24 +492,14 @@ static void test_stories260k_matches_plain_forward(void) {
     model_free(&w);
 }
 
-/* Runs the binary; returns the exit status and the first stderr line. */
+/* Runs the binary; returns the exit status and the first stderr line; there must be one line. */
 static int run_bin(const char *args, char *line, size_t n) {
-    const char *bin = getenv("LLAMA_ADAPTER_BIN") ? getenv("LLAMA_ADAPTER_BIN") : "build/llama-adapter";
-    char cmd[2048], errf[300];
-    snprintf(errf, sizeof errf, "%s/stderr.txt", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>%s", bin, args, errf);
-    int st = system(cmd);
-    line[0] = 0;
-    FILE *f = fopen(errf, "r");
-    int lines = 0;
-    char tmp[2048];
-    while (f && fgets(tmp, sizeof tmp, f)) {
-        if (!lines) snprintf(line, n, "%s", tmp);
-        lines++;
-    }
-    if (f) fclose(f);
-    CHECK(lines == 1, "expected one line on stderr, got %d (%s)", lines, line);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    char *err = NULL;
+    int st = test_run_bin(tmpdir, args, NULL, &err);
+    CHECK(test_count_lines(err) == 1, "expected one line on stderr, got [%s]", err ? err : "");
+    snprintf(line, n, "%s", err ? err : "");
+    free(err);
+    return st;
 }
 
 static void expect_bad(const char *path, const char *needle) {
@@ -599,8 +589,6 @@ int main(void) {
     RUN(test_hf_and_llama2c_files_give_same_logits);
     RUN(test_stories260k_matches_plain_forward);
     RUN(test_bad_model_files_fail_with_one_line);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+    test_rmtree(tmpdir);
     return TEST_MAIN_END("test_model");
 }

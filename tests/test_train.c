@@ -278,21 +278,14 @@ static void test_resume_is_bit_exact(void) {
     CHECK(same_checkpoint_params(ca, cb), "final checkpoints differ");
 }
 
-static void expect_fail(const char *args_fmt, const char *needle) {
-    char out[500], line[2048] = "";
-    snprintf(out, sizeof out, "%s/fail.txt", dir);
-    int st = sh("%s %s >/dev/null 2>%s", bin, args_fmt, out);
-    FILE *f = fopen(out, "r");
-    int lines = 0;
-    char tmp[2048];
-    while (f && fgets(tmp, sizeof tmp, f)) {
-        if (!lines) snprintf(line, sizeof line, "%s", tmp);
-        lines++;
-    }
-    if (f) fclose(f);
-    CHECK(st != 0, "'%s' must fail", args_fmt);
-    CHECK(lines == 1, "'%s': %d stderr lines", args_fmt, lines);
-    CHECK(strstr(line, needle), "'%s': message '%s' lacks '%s'", args_fmt, line, needle);
+/* The binary with these arguments fails with exactly one stderr line containing needle. */
+static void expect_fail(const char *args, const char *needle) {
+    char *err = NULL;
+    int st = test_run_bin(dir, args, NULL, &err);
+    CHECK(st != 0, "'%s' must fail", args);
+    CHECK(test_count_lines(err) == 1, "'%s': %d stderr lines", args, test_count_lines(err));
+    CHECK(err && strstr(err, needle), "'%s': message '%s' lacks '%s'", args, err ? err : "", needle);
+    free(err);
 }
 
 static void test_resume_refuses_other_model_or_shape(void) {
@@ -600,7 +593,7 @@ int main(void) {
     RUN(test_presets_parse);
     RUN(test_full_method_pretrains_on_text);
     RUN(test_data_parallel_equals_accumulation);
-    if (!getenv("KEEP_TMP")) sh("rm -rf %s", dir);
+    if (!getenv("KEEP_TMP")) test_rmtree(dir);
     else printf("kept %s\n", dir);
     return TEST_MAIN_END("test_train");
 }
