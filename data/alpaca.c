@@ -14,6 +14,7 @@
 #include <cJSON.h>
 
 #include "data/alpaca.h"
+#include "data/err.h"
 
 #define PROMPT_INPUT_HEAD                                                                     \
     "Below is an instruction that describes a task, paired with an input that provides "      \
@@ -25,15 +26,6 @@
     "completes the request.\n\n### Instruction:\n"
 #define PROMPT_TAIL "\n\n### Response:"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 char *alpaca_prompt(const char *instruction, const char *input) {
     int with_input = input && input[0];
@@ -91,7 +83,7 @@ static const char *json_type_name(const cJSON *v) {
 static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        data_set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
@@ -109,7 +101,7 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
     fclose(f);
     if (!buf || bad) {
         free(buf);
-        set_err(err, errlen, "%s: %s", path, bad ? "read error" : "out of memory");
+        data_set_err(err, errlen, "%s: %s", path, bad ? "read error" : "out of memory");
         return NULL;
     }
     buf[n] = '\0';
@@ -135,12 +127,12 @@ static void json_syntax_error(const char *path, const char *buf, size_t len, siz
     }
     near[k] = '\0';
     if (k == 0)
-        set_err(err, errlen,
+        data_set_err(err, errlen,
                 "%s: line %zu, column %zu (byte offset %zu): not valid JSON (unexpected end of "
                 "file): expected a JSON array of {instruction, input, output} objects",
                 path, line, col, at);
     else
-        set_err(err, errlen,
+        data_set_err(err, errlen,
                 "%s: line %zu, column %zu (byte offset %zu): not valid JSON near \"%s\": expected "
                 "a JSON array of {instruction, input, output} objects",
                 path, line, col, at, near);
@@ -154,22 +146,22 @@ static int take_field(const char *path, int i, const cJSON *obj, const char *nam
         if (optional) {
             *out = calloc(1, 1);
             if (*out) return 0;
-            set_err(err, errlen, "%s: out of memory", path);
+            data_set_err(err, errlen, "%s: out of memory", path);
             return -1;
         }
-        set_err(err, errlen, "%s: example %d: field \"%s\" is missing: expected a string", path, i,
+        data_set_err(err, errlen, "%s: example %d: field \"%s\" is missing: expected a string", path, i,
                 name);
         return -1;
     }
     if (!cJSON_IsString(v) || !v->valuestring) {
-        set_err(err, errlen, "%s: example %d: field \"%s\" is %s: expected a string", path, i, name,
+        data_set_err(err, errlen, "%s: example %d: field \"%s\" is %s: expected a string", path, i, name,
                 json_type_name(v));
         return -1;
     }
     size_t n = strlen(v->valuestring);
     long bad = utf8_invalid_at((const unsigned char *)v->valuestring, n);
     if (bad >= 0) {
-        set_err(err, errlen,
+        data_set_err(err, errlen,
                 "%s: invalid UTF-8 in example %d, field \"%s\", at byte %ld of the field (0x%02x): "
                 "expected UTF-8 text",
                 path, i, name, bad, (unsigned char)v->valuestring[bad]);
@@ -177,7 +169,7 @@ static int take_field(const char *path, int i, const cJSON *obj, const char *nam
     }
     *out = malloc(n + 1);
     if (!*out) {
-        set_err(err, errlen, "%s: out of memory", path);
+        data_set_err(err, errlen, "%s: out of memory", path);
         return -1;
     }
     memcpy(*out, v->valuestring, n + 1);
@@ -192,7 +184,7 @@ int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen) {
     size_t first = 0;
     while (first < len && strchr(" \t\r\n", buf[first])) first++;
     if (first == len) {
-        set_err(err, errlen, "%s: empty file: expected a JSON array of {instruction, input, output} "
+        data_set_err(err, errlen, "%s: empty file: expected a JSON array of {instruction, input, output} "
                              "objects", path);
         free(buf);
         return -1;
@@ -215,25 +207,25 @@ int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen) {
     free(buf);
     int rc = -1;
     if (!cJSON_IsArray(root)) {
-        set_err(err, errlen, "%s: top level is %s: expected a JSON array of {instruction, input, "
+        data_set_err(err, errlen, "%s: top level is %s: expected a JSON array of {instruction, input, "
                              "output} objects", path, json_type_name(root));
         goto done;
     }
     int n = cJSON_GetArraySize(root);
     if (n == 0) {
-        set_err(err, errlen, "%s: the array holds no examples: expected at least one", path);
+        data_set_err(err, errlen, "%s: the array holds no examples: expected at least one", path);
         goto done;
     }
     s->ex = calloc((size_t)n, sizeof *s->ex);
     if (!s->ex) {
-        set_err(err, errlen, "%s: out of memory for %d examples", path, n);
+        data_set_err(err, errlen, "%s: out of memory for %d examples", path, n);
         goto done;
     }
     int i = 0;
     for (const cJSON *e = root->child; e; e = e->next, i++) {
         s->n = i + 1; /* alpaca_free frees what was filled so far */
         if (!cJSON_IsObject(e)) {
-            set_err(err, errlen, "%s: example %d is %s: expected an object with \"instruction\", "
+            data_set_err(err, errlen, "%s: example %d is %s: expected an object with \"instruction\", "
                                  "\"input\", \"output\"", path, i, json_type_name(e));
             goto done;
         }

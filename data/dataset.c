@@ -12,16 +12,8 @@
 #include <string.h>
 
 #include "data/alpaca.h"
+#include "data/err.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Example i's ids (malloc'ed, *len entries) and the number of leading masked labels. */
 static int encode_example(const alpaca_example *x, int plain, int i, const tok *t, int max_seq_len, int **ids,
@@ -33,14 +25,14 @@ static int encode_example(const alpaca_example *x, int plain, int i, const tok *
     int *pids = NULL, *fids = NULL, np = 0, nf = 0, rc = -1;
     char e2[256];
     if (!full) {
-        set_err(err, errlen, "example %d: out of memory", i);
+        data_set_err(err, errlen, "example %d: out of memory", i);
         goto done;
     }
     memcpy(full, prompt, pl);
     memcpy(full + pl, x->output, ol + 1);
     if (tok_encode(t, prompt, &pids, &np, e2, sizeof e2) ||
         tok_encode(t, full, &fids, &nf, e2, sizeof e2)) {
-        set_err(err, errlen, "example %d: %s", i, e2);
+        data_set_err(err, errlen, "example %d: %s", i, e2);
         goto done;
     }
     int L = nf + 2;
@@ -48,7 +40,7 @@ static int encode_example(const alpaca_example *x, int plain, int i, const tok *
     if (L > max_seq_len) L = max_seq_len;
     int *out = malloc((size_t)L * sizeof *out);
     if (!out) {
-        set_err(err, errlen, "example %d: out of memory", i);
+        data_set_err(err, errlen, "example %d: out of memory", i);
         goto done;
     }
     out[0] = tok_bos(t);
@@ -83,11 +75,11 @@ int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len
                   size_t errlen) {
     memset(d, 0, sizeof *d);
     if (max_seq_len < 2) {
-        set_err(err, errlen, "max_seq_len %d: expected at least 2", max_seq_len);
+        data_set_err(err, errlen, "max_seq_len %d: expected at least 2", max_seq_len);
         return -1;
     }
     if (tok_bos(t) < 0 || tok_eos(t) < 0) {
-        set_err(err, errlen, "tokenizer: the model defines no %s token: expected bos and eos ids",
+        data_set_err(err, errlen, "tokenizer: the model defines no %s token: expected bos and eos ids",
                 tok_bos(t) < 0 ? "bos" : "eos");
         return -1;
     }
@@ -98,7 +90,7 @@ int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len
     d->off = calloc((size_t)n + 1, sizeof *d->off);
     int bad = n; /* lowest failing example */
     if (!ids || !len || !np || !d->flags || !d->off) {
-        set_err(err, errlen, "dataset: out of memory for %d examples", n);
+        data_set_err(err, errlen, "dataset: out of memory for %d examples", n);
         goto fail;
     }
 #pragma omp parallel for schedule(dynamic, 4)
@@ -114,7 +106,7 @@ int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len
     if (bad < n) { /* again, serially, for the message */
         int *tmp = NULL, l, p, tr;
         if (!encode_example(&s->ex[bad], s->plain_text, bad, t, max_seq_len, &tmp, &l, &p, &tr, err, errlen))
-            set_err(err, errlen, "example %d: encoding failed", bad);
+            data_set_err(err, errlen, "example %d: encoding failed", bad);
         free(tmp);
         goto fail;
     }
@@ -123,7 +115,7 @@ int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len
     d->ids = malloc((size_t)(total ? total : 1) * sizeof *d->ids);
     d->labels = malloc((size_t)(total ? total : 1) * sizeof *d->labels);
     if (!d->ids || !d->labels) {
-        set_err(err, errlen, "dataset: out of memory for %lld tokens", (long long)total);
+        data_set_err(err, errlen, "dataset: out of memory for %lld tokens", (long long)total);
         goto fail;
     }
     for (int i = 0; i < n; i++) {
@@ -186,14 +178,14 @@ static int dataset_slice(dataset *out, const dataset *d, int a, int b) {
 int dataset_split(dataset *d, dataset *val, int n_val, char *err, size_t errlen) {
     memset(val, 0, sizeof *val);
     if (n_val < 0 || n_val >= d->n) {
-        set_err(err, errlen, "validation split of %d examples out of %d: expected 0 <= n < %d",
+        data_set_err(err, errlen, "validation split of %d examples out of %d: expected 0 <= n < %d",
                 n_val, d->n, d->n);
         return -1;
     }
     dataset rest;
     if (dataset_slice(val, d, 0, n_val) || dataset_slice(&rest, d, n_val, d->n)) {
         dataset_free(val);
-        set_err(err, errlen, "validation split: out of memory");
+        data_set_err(err, errlen, "validation split: out of memory");
         return -1;
     }
     dataset_free(d);

@@ -19,6 +19,7 @@
 #include <sentencepiece_trainer.h>
 
 extern "C" {
+#include "data/err.h"
 #include "data/tok.h"
 }
 
@@ -28,18 +29,6 @@ struct tok {
     int vocab, bos, eos;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    /* one line: a status message could carry a newline */
-    for (char *p = err; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-}
 
 /* FNV-1a 64 over a byte string. */
 static uint64_t fnv1a64(const std::string &s) {
@@ -55,7 +44,7 @@ static uint64_t fnv1a64(const std::string &s) {
 static bool read_file(const char *path, std::string *out, char *err, size_t errlen) {
     FILE *f = std::fopen(path, "rb");
     if (!f) {
-        set_err(err, errlen, "%s: cannot open: %s", path, std::strerror(errno));
+        data_set_err(err, errlen, "%s: cannot open: %s", path, std::strerror(errno));
         return false;
     }
     char buf[1 << 16];
@@ -64,7 +53,7 @@ static bool read_file(const char *path, std::string *out, char *err, size_t errl
     bool bad = std::ferror(f) != 0;
     std::fclose(f);
     if (bad) {
-        set_err(err, errlen, "%s: read error", path);
+        data_set_err(err, errlen, "%s: read error", path);
         return false;
     }
     return true;
@@ -83,14 +72,14 @@ extern "C" tok *tok_load(const char *path, char *err, size_t errlen) {
         std::string bytes;
         if (!read_file(path, &bytes, err, errlen)) return nullptr;
         if (bytes.empty()) {
-            set_err(err, errlen, "%s: not a SentencePiece model (empty file): expected a .model file",
+            data_set_err(err, errlen, "%s: not a SentencePiece model (empty file): expected a .model file",
                     path);
             return nullptr;
         }
         tok *t = new tok();
         sentencepiece::util::Status st = t->sp.LoadFromSerializedProto(bytes);
         if (!st.ok()) {
-            set_err(err, errlen, "%s: not a SentencePiece model (%s): expected a .model file", path,
+            data_set_err(err, errlen, "%s: not a SentencePiece model (%s): expected a .model file", path,
                     status_reason(st).c_str());
             delete t;
             return nullptr;
@@ -101,9 +90,9 @@ extern "C" tok *tok_load(const char *path, char *err, size_t errlen) {
         t->eos = t->sp.eos_id();
         return t;
     } catch (const std::exception &e) {
-        set_err(err, errlen, "%s: not a SentencePiece model (%s)", path, e.what());
+        data_set_err(err, errlen, "%s: not a SentencePiece model (%s)", path, e.what());
     } catch (...) {
-        set_err(err, errlen, "%s: not a SentencePiece model (unknown C++ exception)", path);
+        data_set_err(err, errlen, "%s: not a SentencePiece model (unknown C++ exception)", path);
     }
     return nullptr;
 }
@@ -129,12 +118,12 @@ extern "C" int tok_encode(const tok *t, const char *text, int **ids, int *n, cha
         std::vector<int> v;
         sentencepiece::util::Status st = t->sp.Encode(text, &v);
         if (!st.ok()) {
-            set_err(err, errlen, "tokenizer: encode failed: %s", status_reason(st).c_str());
+            data_set_err(err, errlen, "tokenizer: encode failed: %s", status_reason(st).c_str());
             return -1;
         }
         int *out = static_cast<int *>(std::malloc((v.size() ? v.size() : 1) * sizeof(int)));
         if (!out) {
-            set_err(err, errlen, "tokenizer: out of memory for %zu ids", v.size());
+            data_set_err(err, errlen, "tokenizer: out of memory for %zu ids", v.size());
             return -1;
         }
         if (!v.empty()) std::memcpy(out, v.data(), v.size() * sizeof(int));
@@ -142,9 +131,9 @@ extern "C" int tok_encode(const tok *t, const char *text, int **ids, int *n, cha
         *n = static_cast<int>(v.size());
         return 0;
     } catch (const std::exception &e) {
-        set_err(err, errlen, "tokenizer: encode failed: %s", e.what());
+        data_set_err(err, errlen, "tokenizer: encode failed: %s", e.what());
     } catch (...) {
-        set_err(err, errlen, "tokenizer: encode failed (unknown C++ exception)");
+        data_set_err(err, errlen, "tokenizer: encode failed (unknown C++ exception)");
     }
     return -1;
 }
@@ -175,12 +164,12 @@ extern "C" int tok_train(const char *text_path, const char *model_prefix, int vo
     try {
         std::string type = model_type && *model_type ? model_type : "bpe";
         if (type != "bpe" && type != "unigram") {
-            set_err(err, errlen, "tok_train: model type \"%s\": expected \"bpe\" or \"unigram\"",
+            data_set_err(err, errlen, "tok_train: model type \"%s\": expected \"bpe\" or \"unigram\"",
                     type.c_str());
             return -1;
         }
         if (vocab_size < 8) {
-            set_err(err, errlen, "tok_train: vocab_size %d: expected at least 8", vocab_size);
+            data_set_err(err, errlen, "tok_train: vocab_size %d: expected at least 8", vocab_size);
             return -1;
         }
         std::unordered_map<std::string, std::string> kw = {
@@ -206,15 +195,15 @@ extern "C" int tok_train(const char *text_path, const char *model_prefix, int vo
         };
         sentencepiece::util::Status st = sentencepiece::SentencePieceTrainer::Train(kw);
         if (!st.ok()) {
-            set_err(err, errlen, "%s: sentencepiece training failed: %s", text_path,
+            data_set_err(err, errlen, "%s: sentencepiece training failed: %s", text_path,
                     status_reason(st).c_str());
             return -1;
         }
         return 0;
     } catch (const std::exception &e) {
-        set_err(err, errlen, "%s: sentencepiece training failed: %s", text_path, e.what());
+        data_set_err(err, errlen, "%s: sentencepiece training failed: %s", text_path, e.what());
     } catch (...) {
-        set_err(err, errlen, "%s: sentencepiece training failed (unknown C++ exception)", text_path);
+        data_set_err(err, errlen, "%s: sentencepiece training failed (unknown C++ exception)", text_path);
     }
     return -1;
 }
