@@ -12,13 +12,15 @@
  *   dka += dSa^T q / sqrt(D).
  * Parallel over (sequence, head) forward and (sequence, kv head) backward, so the rows each task
  * writes are its own; the prefix gradients (shared by every sequence) go to per-thread buffers
- * summed at the end in thread order (static schedule: the same rounding on every run with the
- * same thread count, which bit-exact resume relies on). Does not handle padding (there is none) or dropout (the reference has none). */
+ * summed at the end in thread order (a static round-robin schedule, so sequences of unequal
+ * lengths spread over the threads, and the same rounding on every run with the same thread
+ * count, which bit-exact resume relies on). Does not handle padding (there is none) or dropout (the reference has none). */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "autograd/kernels/kernels.h"
+#include "autograd/kernels/vexp.h"
 
 static int max_len(const int *off, int n) {
     int m = 0;
@@ -40,11 +42,7 @@ static void softmax_rows(float *S, int n, int ld, int cols, int shift, float *ls
         if (vis > cols) vis = cols;
         float mx = r[0];
         for (int j = 1; j < vis; j++) mx = r[j] > mx ? r[j] : mx;
-        double sum = 0;
-        for (int j = 0; j < vis; j++) {
-            r[j] = expf(r[j] - mx);
-            sum += r[j];
-        }
+        double sum = kn_exp_shift(r, r, vis, mx);
         float inv = (float)(1.0 / sum);
         for (int j = 0; j < vis; j++) r[j] *= inv;
         for (int j = vis; j < cols; j++) r[j] = 0.0f;
@@ -62,7 +60,7 @@ void kn_attention_forward(float *out, float *lse_tok, float *lse_ad, const float
                               (size_t)max_len(s->qo, s->n_seq) * K + 16;
     const int tasks = s->n_seq * H;
     AG_ASSERT(K == 0 || (ka && va && gval), "adapter prefix needs ka, va and gate values");
-    #pragma omp parallel for schedule(static) if (tasks > 1)
+    #pragma omp parallel for schedule(static, 1) if (tasks > 1)
     for (int task = 0; task < tasks; task++) {
         int sq = task / H, h = task % H, g = h / rep;
         int q0 = s->qo[sq], nq = s->qo[sq + 1] - q0, k0 = s->ko[sq], nk = s->ko[sq + 1] - k0;
@@ -92,7 +90,7 @@ static void recompute_probs(float *S, int n, int cols, const float *lse, int lst
     for (int i = 0; i < n; i++) {
         float *r = S + (size_t)i * cols, l = lse[(size_t)i * lstride];
         int vis = causal ? i + 1 : cols;
-        for (int j = 0; j < vis; j++) r[j] = expf(r[j] - l);
+        kn_exp_shift(r, r, vis, l);
         for (int j = vis; j < cols; j++) r[j] = 0.0f;
     }
 }
@@ -132,7 +130,7 @@ void kn_attention_backward(float *dq, float *dk, float *dv, float *dka, float *d
         float *base = work + (size_t)t * per + 2 * n_max * n_max + 2 * n_max * K;
         memset(base, 0, (2 * adsz + H) * sizeof(float));
     }
-    #pragma omp parallel for schedule(static) if (tasks > 1)
+    #pragma omp parallel for schedule(static, 1) if (tasks > 1)
     for (int task = 0; task < tasks; task++) {
         int sq = task / G, g = task % G;
         int o0 = s->qo[sq], n = s->qo[sq + 1] - o0;

@@ -1,12 +1,14 @@
 /* Row-wise and elementwise kernels: embedding, RMSNorm, RoPE, SwiGLU, gather, cross-entropy.
  * Threaded over rows with OpenMP where rows are independent; scatters (embedding/gather
  * backward) stay sequential so repeated indices accumulate deterministically.
- * Accumulations that decide a row's scale (RMSNorm mean, softmax sums) are done in double. */
+ * Accumulations that decide a row's scale (RMSNorm mean, softmax sums) are done in double;
+ * exponentials go through the vectorised exp of vexp.h. */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "autograd/kernels/kernels.h"
+#include "autograd/kernels/vexp.h"
 
 #define PAR_ROWS(T, C) if ((size_t)(T) * (size_t)(C) > 32768)
 
@@ -80,19 +82,40 @@ void kn_rope(float *y, const float *x, const int *pos, int T, int NH, int D, flo
     }
 }
 
-static inline float sigmoidf(float a) { return 1.0f / (1.0f + expf(-a)); }
+/* sigmoid of n values of a into s (n <= SIG_BLOCK), through the vectorised exp */
+#define SIG_BLOCK 256
+static void sigmoid_block(float *s, const float *a, int n) {
+    float neg[SIG_BLOCK];
+    for (int i = 0; i < n; i++) neg[i] = -a[i];
+    kn_exp_shift(s, neg, n, 0.0f);
+    for (int i = 0; i < n; i++) s[i] = 1.0f / (1.0f + s[i]);
+}
 
 void kn_swiglu_forward(float *out, const float *a, const float *b, size_t n) {
+    size_t nb = (n + SIG_BLOCK - 1) / SIG_BLOCK;
     #pragma omp parallel for schedule(static) if (n > 32768)
-    for (size_t i = 0; i < n; i++) out[i] = a[i] * sigmoidf(a[i]) * b[i];
+    for (size_t blk = 0; blk < nb; blk++) {
+        size_t i0 = blk * SIG_BLOCK;
+        int m = (int)(n - i0 < SIG_BLOCK ? n - i0 : SIG_BLOCK);
+        float s[SIG_BLOCK];
+        sigmoid_block(s, a + i0, m);
+        for (int k = 0; k < m; k++) out[i0 + k] = a[i0 + k] * s[k] * b[i0 + k];
+    }
 }
 
 void kn_swiglu_backward(float *da, float *db, const float *dout, const float *a, const float *b, size_t n) {
+    size_t nb = (n + SIG_BLOCK - 1) / SIG_BLOCK;
     #pragma omp parallel for schedule(static) if (n > 32768)
-    for (size_t i = 0; i < n; i++) {
-        float s = sigmoidf(a[i]);
-        if (da) da[i] += dout[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
-        if (db) db[i] += dout[i] * a[i] * s;
+    for (size_t blk = 0; blk < nb; blk++) {
+        size_t i0 = blk * SIG_BLOCK;
+        int m = (int)(n - i0 < SIG_BLOCK ? n - i0 : SIG_BLOCK);
+        float s[SIG_BLOCK];
+        sigmoid_block(s, a + i0, m);
+        for (int k = 0; k < m; k++) {
+            size_t i = i0 + k;
+            if (da) da[i] += dout[i] * b[i] * s[k] * (1.0f + a[i] * (1.0f - s[k]));
+            if (db) db[i] += dout[i] * a[i] * s[k];
+        }
     }
 }
 
@@ -116,9 +139,7 @@ float kn_cross_entropy_forward(float *lse, int *count, const float *logits, cons
         const float *l = logits + (size_t)i * V;
         float mx = l[0];
         for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-        double s = 0;
-        for (int j = 0; j < V; j++) s += exp((double)(l[j] - mx));
-        double ls = mx + log(s);
+        double ls = mx + log(kn_sum_exp_shift(l, V, mx));
         lse[i] = (float)ls;
         if (targets[i] > 0) {
             total += ls - l[targets[i]];
@@ -136,7 +157,12 @@ void kn_cross_entropy_backward(float *dlogits, float scale, const float *logits,
         if (targets[i] <= 0) continue;
         const float *l = logits + (size_t)i * V;
         float *d = dlogits + (size_t)i * V;
-        for (int j = 0; j < V; j++) d[j] += scale * expf(l[j] - lse[i]);
+        for (int j0 = 0; j0 < V; j0 += 1024) { /* softmax through the vectorised exp, a block at a time */
+            float p[1024];
+            int m = V - j0 < 1024 ? V - j0 : 1024;
+            kn_exp_shift(p, l + j0, m, lse[i]);
+            for (int j = 0; j < m; j++) d[j0 + j] += scale * p[j];
+        }
         d[targets[i]] -= scale;
     }
 }
