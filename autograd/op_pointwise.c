@@ -55,8 +55,14 @@ void ag_rope_backward(ag_tape *t, ag_entry *e) {
     int nh = (int)e->i[0];
     /* dx += R(-angle) dy: rotate into scratch, then accumulate */
     size_t n = ag_numel(x);
-    float *tmp = ag_scratch(t, n), *dx = ag_grad(t, x);
+    if (!x->grad) { /* the rotation of dy is the whole gradient: write it in place */
+        x->grad = ag_arena_alloc(t->arena, n * sizeof(float));
+        kn_rope(x->grad, e->out->grad, e->saved[0], x->rows, nh, x->cols / nh, e->f[0], 1);
+        return;
+    }
+    float *tmp = ag_scratch(t, n), *dx = x->grad;
     kn_rope(tmp, e->out->grad, e->saved[0], x->rows, nh, x->cols / nh, e->f[0], 1);
+    #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) dx[i] += tmp[i];
 }
 
@@ -97,9 +103,18 @@ ag_tensor *ag_add(ag_tape *t, ag_tensor *a, ag_tensor *b) {
 void ag_add_backward(ag_tape *t, ag_entry *e) {
     const float *dy = e->out->grad;
     size_t n = ag_numel(e->out);
+    int handed = 0;
     for (int s = 0; s < 2; s++) {
-        float *d = ag_grad_if(t, e->src[s]);
-        if (!d) continue;
+        ag_tensor *x = e->src[s];
+        if (!x->requires_grad) continue;
+        if (!x->grad && !handed) {
+            /* dx = dy: give the input dy's buffer (complete now, and no other entry reads it)
+             * instead of zero-filling a new one and adding; for x + x the second pass doubles it */
+            x->grad = e->out->grad;
+            handed = 1;
+            continue;
+        }
+        float *d = ag_grad(t, x);
         #pragma omp parallel for schedule(static) if (n > 65536)
         for (size_t i = 0; i < n; i++) d[i] += dy[i];
     }

@@ -470,6 +470,31 @@ static void test_tape_prunes_frozen_work(void) {
     ag_arena_free(&arena);
 }
 
+/* add() hands its output gradient to an input that has none yet; the same tensor on both sides
+ * and a tensor used by two adds must still get every contribution: c = (a + a) + a, a = x W^T
+ * gives dW = 3 r^T x. */
+static void test_add_gradient_sharing(void) {
+    ag_arena arena;
+    ag_arena_init(&arena, 1 << 16);
+    ag_tape tape;
+    ag_tape_init(&tape, &arena);
+    float x[6] = {1, -2, 3, 0.5f, 1, 2}, w[4] = {0.1f, 0.2f, 0.3f, -0.4f}, g[4] = {0}, r[6] = {1, 2, -1, 0.5f, 3, -2};
+    ag_tensor tx = ag_tensor_of(x, 3, 2, AG_F32), tw = ag_tensor_of(w, 2, 2, AG_F32);
+    tw.requires_grad = 1;
+    tw.grad = g;
+    ag_tensor *a = ag_linear(&tape, &tx, &tw);
+    ag_tensor *c = ag_add(&tape, ag_add(&tape, a, a), a);
+    ag_backward_from(&tape, c, r);
+    for (int o = 0; o < 2; o++)
+        for (int i = 0; i < 2; i++) {
+            double want = 0;
+            for (int t = 0; t < 3; t++) want += 3.0 * r[t * 2 + o] * x[t * 2 + i];
+            CHECK_CLOSE(g[o * 2 + i], want, 1e-6, 1e-6, "dW through (a + a) + a");
+        }
+    ag_tape_free(&tape);
+    ag_arena_free(&arena);
+}
+
 /* Gradients accumulate across two backward passes (micro-batch accumulation needs nothing else). */
 static void test_gradients_accumulate(void) {
     ag_arena arena;
@@ -561,6 +586,7 @@ int main(void) {
     RUN(test_zero_gate_invariant);
     RUN(test_tape_prunes_frozen_work);
     RUN(test_gradients_accumulate);
+    RUN(test_add_gradient_sharing);
     RUN(test_arena_chains_and_reuses);
     RUN(test_vector_exp_matches_libm);
     RUN(test_bulk_conversion_every_16bit_pattern);
