@@ -2,6 +2,7 @@
  * model files, checkpoints and adapter files (data files go to cmd_inspect_data). */
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "checkpoints/adapter_file.h"
 #include "checkpoints/model_file.h"
@@ -162,6 +163,13 @@ int cmd_inspect(int argc, char **argv) {
     if (stat(pos[0], &st) != 0) {
         fprintf(stderr, "llama-adapter inspect: %s: no such file or directory\n", pos[0]);
         return 1;
+    }
+    if (S_ISDIR(st.st_mode)) { /* a run directory (checkpoints, no config.json): its newest checkpoint */
+        char cfg[4200], file[4096], err[1024];
+        snprintf(cfg, sizeof cfg, "%s/config.json", pos[0]);
+        if (access(cfg, F_OK) != 0 && ckpt_resolve(pos[0], file, sizeof file, err, sizeof err) == 0 &&
+            inspect_checkpoint(file) == 0)
+            return 0;
     }
     if (S_ISREG(st.st_mode)) {
         if (inspect_checkpoint(pos[0]) == 0) return 0;

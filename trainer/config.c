@@ -192,30 +192,30 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
             return -1;                           \
         }                                        \
     } while (0)
-    NEED(c->model, "train: --model is required (a HF Llama directory or a llama2.c .bin)");
-    NEED(c->data, "train: --data is required (Alpaca-format JSON)");
-    NEED(c->tokenizer, "train: --tokenizer is required (SentencePiece .model)");
-    NEED(c->out && *c->out, "train: --out must name a run directory");
-    NEED(!strcmp(c->method, "adapter") || !strcmp(c->method, "full"), "train: --method '%s': expected adapter or full", c->method);
-    NEED(!strcmp(c->gate_act, "tanh") || !strcmp(c->gate_act, "identity"), "train: --gate-act '%s': expected tanh or identity", c->gate_act);
+    NEED(c->model, "--model is required (a HF Llama directory or a llama2.c .bin)");
+    NEED(c->data, "--data is required (Alpaca-format JSON)");
+    NEED(c->tokenizer, "--tokenizer is required (SentencePiece .model)");
+    NEED(c->out && *c->out, "--out must name a run directory");
+    NEED(!strcmp(c->method, "adapter") || !strcmp(c->method, "full"), "--method '%s': expected adapter or full", c->method);
+    NEED(!strcmp(c->gate_act, "tanh") || !strcmp(c->gate_act, "identity"), "--gate-act '%s': expected tanh or identity", c->gate_act);
     NEED(!strcmp(c->data_format, "auto") || !strcmp(c->data_format, "alpaca") || !strcmp(c->data_format, "text"),
-         "train: --data-format '%s': expected auto, alpaca or text", c->data_format);
-    NEED(c->adapter_len >= 1, "train: --adapter-len %d: expected >= 1", c->adapter_len);
-    NEED(c->adapter_layer >= 1, "train: --adapter-layer %d: expected >= 1", c->adapter_layer);
-    NEED(n_layers <= 0 || c->adapter_layer <= n_layers, "train: --adapter-layer %d: the model has %d layers", c->adapter_layer, n_layers);
-    NEED(c->max_seq_len >= 2, "train: --max-seq-len %d: expected >= 2", c->max_seq_len);
-    NEED(c->batch_size >= 1, "train: --batch-size %d: expected >= 1", c->batch_size);
-    NEED(c->accum_iter >= 1, "train: --accum-iter %d: expected >= 1", c->accum_iter);
-    NEED(c->epochs >= 1, "train: --epochs %d: expected >= 1", c->epochs);
-    NEED(c->warmup_epochs >= 0 && c->warmup_epochs <= c->epochs, "train: --warmup-epochs %g: expected 0..epochs", c->warmup_epochs);
-    NEED(c->blr >= 0 && c->lr >= 0 && c->min_lr >= 0, "train: learning rates must be >= 0");
-    NEED(c->weight_decay >= 0, "train: --weight-decay %g: expected >= 0", c->weight_decay);
-    NEED(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1 && c->eps > 0, "train: AdamW betas must be in [0,1), eps > 0");
+         "--data-format '%s': expected auto, alpaca or text", c->data_format);
+    NEED(c->adapter_len >= 1, "--adapter-len %d: expected >= 1", c->adapter_len);
+    NEED(c->adapter_layer >= 1, "--adapter-layer %d: expected >= 1", c->adapter_layer);
+    NEED(n_layers <= 0 || c->adapter_layer <= n_layers, "--adapter-layer %d: the model has %d layers", c->adapter_layer, n_layers);
+    NEED(c->max_seq_len >= 2, "--max-seq-len %d: expected >= 2", c->max_seq_len);
+    NEED(c->batch_size >= 1, "--batch-size %d: expected >= 1", c->batch_size);
+    NEED(c->accum_iter >= 1, "--accum-iter %d: expected >= 1", c->accum_iter);
+    NEED(c->epochs >= 1, "--epochs %d: expected >= 1", c->epochs);
+    NEED(c->warmup_epochs >= 0 && c->warmup_epochs <= c->epochs, "--warmup-epochs %g: expected 0..epochs", c->warmup_epochs);
+    NEED(c->blr >= 0 && c->lr >= 0 && c->min_lr >= 0, "learning rates must be >= 0");
+    NEED(c->weight_decay >= 0, "--weight-decay %g: expected >= 0", c->weight_decay);
+    NEED(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1 && c->eps > 0, "AdamW betas must be in [0,1), eps > 0");
     NEED(c->max_steps >= 0 && c->save_every >= 0 && c->keep >= 0 && c->eval_every >= 0 && c->log_every >= 0 &&
              c->val_split >= 0 && c->threads >= 0,
-         "train: counts (max-steps, save-every, keep, eval-every, log-every, val-split, threads) must be >= 0");
-    NEED(!(c->val_data && c->val_split), "train: give --val-data or --val-split, not both");
-    NEED(!(c->resume && c->init_adapter), "train: --resume continues a run; --init-adapter starts a new one: not both");
+         "counts (max-steps, save-every, keep, eval-every, log-every, val-split, threads) must be >= 0");
+    NEED(!(c->val_data && c->val_split), "give --val-data or --val-split, not both");
+    NEED(!(c->resume && c->init_adapter), "--resume continues a run; --init-adapter starts a new one: not both");
     return 0;
 #undef NEED
 }

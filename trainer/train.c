@@ -431,7 +431,12 @@ static int train_main(const dist *d, int argc, char **argv) {
                 c.json_world_size);
         goto done;
     }
-    if (train_config_validate(&c, 0, err, sizeof err) || setup(&r, err, sizeof err)) {
+    if (train_config_validate(&c, 0, err, sizeof err)) { /* a usage error: exit 2 */
+        fprintf(stderr, "llama-adapter train: %s\n", err);
+        status = 2;
+        goto done;
+    }
+    if (setup(&r, err, sizeof err)) {
         fprintf(stderr, "llama-adapter train: %s\n", err);
         goto done;
     }
