@@ -13,6 +13,7 @@
 ag_tensor *ag_attention(ag_tape *t, ag_tensor *q, ag_tensor *k, ag_tensor *v, ag_tensor *ka,
                         ag_tensor *va, ag_tensor *gval, int n_heads, int n_kv_heads,
                         const int *seq_off, int n_seq) {
+    double t0_ = ag_hook_start(t);
     int H = n_heads, G = n_kv_heads;
     AG_ASSERT(H > 0 && G > 0 && H % G == 0 && q->cols % H == 0, "attention: %d heads, %d kv heads, q [%d,%d]", H, G, q->rows, q->cols);
     int D = q->cols / H, T = q->rows;
@@ -45,6 +46,7 @@ ag_tensor *ag_attention(ag_tape *t, ag_tensor *q, ag_tensor *k, ag_tensor *v, ag
         e->i[1] = H;
         e->i[2] = G;
     }
+    ag_hook_end(t, AG_OP_ATTENTION, out, (ag_tensor *[AG_MAX_SRC]){q, k, v, ka, va, gval}, t0_);
     return out;
 }
 

@@ -9,6 +9,7 @@
 #include "autograd/ops.h"
 
 ag_tensor *ag_linear(ag_tape *t, ag_tensor *x, ag_tensor *W) {
+    double t0_ = ag_hook_start(t);
     AG_ASSERT(x->cols == W->cols, "linear: x [%d,%d] vs W [%d,%d]", x->rows, x->cols, W->rows, W->cols);
     AG_ASSERT(!W->requires_grad || W->dtype == AG_F32, "linear: a trainable W must be f32");
     ag_tensor *y = ag_new(t, x->rows, W->rows);
@@ -21,6 +22,7 @@ ag_tensor *ag_linear(ag_tape *t, ag_tensor *x, ag_tensor *W) {
         e->src[0] = x;
         e->src[1] = W;
     }
+    ag_hook_end(t, AG_OP_LINEAR, y, (ag_tensor *[AG_MAX_SRC]){x, W}, t0_);
     return y;
 }
 
@@ -40,6 +42,7 @@ void ag_linear_backward(ag_tape *t, ag_entry *e) {
 }
 
 ag_tensor *ag_embedding(ag_tape *t, ag_tensor *table, const int *ids, int T) {
+    double t0_ = ag_hook_start(t);
     for (int i = 0; i < T; i++)
         AG_ASSERT(ids[i] >= 0 && ids[i] < table->rows, "embedding: id %d at %d outside [0,%d)", ids[i], i, table->rows);
     ag_tensor *out = ag_new(t, T, table->cols);
@@ -49,6 +52,7 @@ ag_tensor *ag_embedding(ag_tape *t, ag_tensor *table, const int *ids, int T) {
         e->src[0] = table;
         e->saved[0] = (void *)ids;
     }
+    ag_hook_end(t, AG_OP_EMBEDDING, out, (ag_tensor *[AG_MAX_SRC]){table}, t0_);
     return out;
 }
 
@@ -58,6 +62,7 @@ void ag_embedding_backward(ag_tape *t, ag_entry *e) {
 }
 
 ag_tensor *ag_gather(ag_tape *t, ag_tensor *x, const int *idx, int n) {
+    double t0_ = ag_hook_start(t);
     for (int i = 0; i < n; i++)
         AG_ASSERT(idx[i] >= 0 && idx[i] < x->rows, "gather: index %d at %d outside [0,%d)", idx[i], i, x->rows);
     ag_tensor *out = ag_new(t, n, x->cols);
@@ -67,6 +72,7 @@ ag_tensor *ag_gather(ag_tape *t, ag_tensor *x, const int *idx, int n) {
         e->src[0] = x;
         e->saved[0] = (void *)idx;
     }
+    ag_hook_end(t, AG_OP_GATHER, out, (ag_tensor *[AG_MAX_SRC]){x}, t0_);
     return out;
 }
 

@@ -9,6 +9,7 @@
 #include "autograd/ops.h"
 
 ag_tensor *ag_cross_entropy(ag_tape *t, ag_tensor *logits, const int *targets, int *count) {
+    double t0_ = ag_hook_start(t);
     int N = logits->rows, V = logits->cols;
     for (int i = 0; i < N; i++)
         AG_ASSERT(targets[i] >= 0 && targets[i] < V, "cross_entropy: target %d at row %d outside [0,%d)", targets[i], i, V);
@@ -24,6 +25,7 @@ ag_tensor *ag_cross_entropy(ag_tape *t, ag_tensor *logits, const int *targets, i
         e->saved[1] = (void *)targets;
         e->i[0] = cnt;
     }
+    ag_hook_end(t, AG_OP_CROSS_ENTROPY, loss, (ag_tensor *[AG_MAX_SRC]){logits}, t0_);
     return loss;
 }
 

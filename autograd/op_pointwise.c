@@ -14,6 +14,7 @@
 #include "autograd/ops.h"
 
 ag_tensor *ag_rmsnorm(ag_tape *t, ag_tensor *x, ag_tensor *w, float eps) {
+    double t0_ = ag_hook_start(t);
     AG_ASSERT(w->rows == 1 && w->cols == x->cols, "rmsnorm: x [%d,%d] vs w [%d,%d]", x->rows, x->cols, w->rows, w->cols);
     ag_tensor *y = ag_new(t, x->rows, x->cols);
     ag_tensor *src[2] = {x, w};
@@ -26,6 +27,7 @@ ag_tensor *ag_rmsnorm(ag_tape *t, ag_tensor *x, ag_tensor *w, float eps) {
         e->src[1] = w;
         e->saved[0] = rstd;
     }
+    ag_hook_end(t, AG_OP_RMSNORM, y, (ag_tensor *[AG_MAX_SRC]){x, w}, t0_);
     return y;
 }
 
@@ -36,6 +38,7 @@ void ag_rmsnorm_backward(ag_tape *t, ag_entry *e) {
 }
 
 ag_tensor *ag_rope(ag_tape *t, ag_tensor *x, int n_heads, const int *pos, float theta) {
+    double t0_ = ag_hook_start(t);
     AG_ASSERT(n_heads > 0 && x->cols % n_heads == 0 && (x->cols / n_heads) % 2 == 0,
               "rope: [%d,%d] with %d heads", x->rows, x->cols, n_heads);
     ag_tensor *y = ag_new(t, x->rows, x->cols);
@@ -47,6 +50,7 @@ ag_tensor *ag_rope(ag_tape *t, ag_tensor *x, int n_heads, const int *pos, float 
         e->i[0] = n_heads;
         e->f[0] = theta;
     }
+    ag_hook_end(t, AG_OP_ROPE, y, (ag_tensor *[AG_MAX_SRC]){x}, t0_);
     return y;
 }
 
@@ -67,6 +71,7 @@ void ag_rope_backward(ag_tape *t, ag_entry *e) {
 }
 
 ag_tensor *ag_swiglu(ag_tape *t, ag_tensor *a, ag_tensor *b) {
+    double t0_ = ag_hook_start(t);
     AG_ASSERT(a->rows == b->rows && a->cols == b->cols, "swiglu: [%d,%d] vs [%d,%d]", a->rows, a->cols, b->rows, b->cols);
     ag_tensor *y = ag_new(t, a->rows, a->cols);
     kn_swiglu_forward(ag_f32(y), ag_f32(a), ag_f32(b), ag_numel(a));
@@ -76,6 +81,7 @@ ag_tensor *ag_swiglu(ag_tape *t, ag_tensor *a, ag_tensor *b) {
         e->src[0] = a;
         e->src[1] = b;
     }
+    ag_hook_end(t, AG_OP_SWIGLU, y, (ag_tensor *[AG_MAX_SRC]){a, b}, t0_);
     return y;
 }
 
@@ -85,6 +91,7 @@ void ag_swiglu_backward(ag_tape *t, ag_entry *e) {
 }
 
 ag_tensor *ag_add(ag_tape *t, ag_tensor *a, ag_tensor *b) {
+    double t0_ = ag_hook_start(t);
     AG_ASSERT(a->rows == b->rows && a->cols == b->cols, "add: [%d,%d] vs [%d,%d]", a->rows, a->cols, b->rows, b->cols);
     ag_tensor *y = ag_new(t, a->rows, a->cols);
     float *yd = ag_f32(y), *ad = ag_f32(a), *bd = ag_f32(b);
@@ -97,6 +104,7 @@ ag_tensor *ag_add(ag_tape *t, ag_tensor *a, ag_tensor *b) {
         e->src[0] = a;
         e->src[1] = b;
     }
+    ag_hook_end(t, AG_OP_ADD, y, (ag_tensor *[AG_MAX_SRC]){a, b}, t0_);
     return y;
 }
 
@@ -121,6 +129,7 @@ void ag_add_backward(ag_tape *t, ag_entry *e) {
 }
 
 ag_tensor *ag_gate(ag_tape *t, ag_tensor *gate, int act) {
+    double t0_ = ag_hook_start(t);
     AG_ASSERT(act == AG_GATE_TANH || act == AG_GATE_IDENTITY, "gate: unknown activation %d", act);
     ag_tensor *y = ag_new(t, gate->rows, gate->cols);
     float *yd = ag_f32(y), *g = ag_f32(gate);
@@ -130,6 +139,7 @@ ag_tensor *ag_gate(ag_tape *t, ag_tensor *gate, int act) {
         e->src[0] = gate;
         e->i[0] = act;
     }
+    ag_hook_end(t, AG_OP_GATE, y, (ag_tensor *[AG_MAX_SRC]){gate}, t0_);
     return y;
 }
 

@@ -1,6 +1,7 @@
 /* The tape: recording, reverse replay and dump (see tape.h). */
 #include "autograd/tape.h"
 
+#include <omp.h>
 #include <string.h>
 
 #include "autograd/op_internal.h"
@@ -85,11 +86,19 @@ ag_entry *ag_record(ag_tape *t, ag_op op, ag_tensor *out) {
     return e;
 }
 
+double ag_hook_start(const ag_tape *t) { return t->hook ? omp_get_wtime() : 0.0; }
+
+void ag_hook_end(ag_tape *t, ag_op op, const ag_tensor *out, ag_tensor *const *src, double t0) {
+    if (t->hook) t->hook(t->hook_ctx, t, op, 0, out, src, omp_get_wtime() - t0);
+}
+
 static void replay(ag_tape *t) {
     for (int i = t->n - 1; i >= 0; i--) {
         ag_entry *e = &t->entries[i];
         if (!e->out->grad) continue; /* nothing flowed into this output */
+        double t0 = ag_hook_start(t);
         OPS[e->op].backward(t, e);
+        if (t->hook) t->hook(t->hook_ctx, t, e->op, 1, e->out, e->src, omp_get_wtime() - t0);
     }
 }
 

@@ -48,6 +48,13 @@ typedef struct ag_stats {
     int64_t gemm_dw;        /* linear weight-gradient GEMMs (must stay 0 for frozen weights) */
 } ag_stats;
 
+struct ag_tape;
+/* An optional observer of every op (profilers): called after each forward (recorded or not,
+ * backward = 0; the tape's no_grad tells frozen from recorded work) and after each backward
+ * entry (backward = 1), with the op's output, inputs and the seconds it took. */
+typedef void (*ag_op_hook)(void *ctx, const struct ag_tape *t, ag_op op, int backward, const ag_tensor *out,
+                           ag_tensor *const *src, double seconds);
+
 typedef struct ag_tape {
     ag_arena *arena;
     ag_entry *entries;
@@ -56,6 +63,8 @@ typedef struct ag_tape {
     ag_stats stats;
     float *scratch;   /* workspace whose life ends inside one kernel call (owned, grows) */
     size_t scratch_cap;
+    ag_op_hook hook;  /* NULL: no observer (the default; costs one branch per op) */
+    void *hook_ctx;
 } ag_tape;
 
 void ag_tape_init(ag_tape *t, ag_arena *arena);
@@ -86,4 +95,7 @@ void ag_tape_dump(const ag_tape *t, FILE *f);
 /* 1 when the tape records an op with these inputs (any requires_grad, tape recording). */
 int ag_should_record(const ag_tape *t, ag_tensor *const *src, int n);
 ag_entry *ag_record(ag_tape *t, ag_op op, ag_tensor *out);
+/* Op timing for the hook: start returns a clock reading (0 without a hook); end reports. */
+double ag_hook_start(const ag_tape *t);
+void ag_hook_end(ag_tape *t, ag_op op, const ag_tensor *out, ag_tensor *const *src, double t0);
 #endif

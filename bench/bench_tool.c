@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 #include "autograd/kernels/kernels.h"
-#include "autograd/op_internal.h"
+#include "trainer/llama.h"
 #include "autograd/ops.h"
 #include "autograd/rng.h"
 #include "checkpoints/adapter_file.h"
@@ -672,151 +672,59 @@ static int cmd_adapter(int argc, char **argv) {
 }
 
 /* ---- profile: the training step op by op --------------------------------------------------
- * The forward below is trainer/llama.c's, with a timer around each op (instrumentation only: it
- * must stay in step with llama.c); the backward replays the tape as tape.c does, timing each
- * entry. */
+ * The real training step (llama_loss, ag_backward) with the tape's op hook timing every op:
+ * forward ops split by whether they ran in the frozen (tape-less) layers or the recorded ones,
+ * linears named by the weight they multiply. */
 
 enum { P_EMB, P_NORM, P_QKV, P_ROPE, P_PROMPT_KV, P_GATE, P_ATTN, P_WO, P_ADD, P_W13, P_SWIGLU, P_W2, P_GATHER,
-       P_CLS, P_CE, P_COPY, P_NCAT };
+       P_CLS, P_CE, P_OTHER, P_NCAT };
 static const char *P_NAMES[P_NCAT] = {"embedding", "rmsnorm", "linear q/k/v", "rope", "prompt k/v (A Wk^T, A Wv^T)",
                                       "gate tanh", "attention", "linear wo", "residual add", "linear w1/w3", "swiglu",
-                                      "linear w2", "gather labelled rows", "classifier", "cross-entropy",
-                                      "frozen-layer copy/rewind"};
+                                      "linear w2", "gather labelled rows", "classifier", "cross-entropy", "other ops"};
 
 typedef struct prof {
-    double fwd[P_NCAT][2]; /* [category][0 frozen layers / 1 adapted layers and head] */
+    double fwd[P_NCAT][2]; /* [category][0 frozen layers / 1 recorded layers and head] */
     double bwd[P_NCAT];
     double adam, total;
-    int phase;
+    const model_weights *w;
+    const trainable *ad;
 } prof;
 
-#define TM(P, cat, dst, expr)                   \
-    do {                                        \
-        double t0_ = now();                     \
-        dst = (expr);                           \
-        (P)->fwd[cat][(P)->phase] += now() - t0_; \
-    } while (0)
-
-static ag_tensor *prof_layer(prof *P, ag_tape *t, const model_weights *w, int l, const trainable *ad, ag_tensor *x,
-                             const int *pos, const int *seq_off, int n_seq) {
-    const llama_config *c = &w->cfg;
-    llama_layer_weights *L = &w->layers[l];
-    ag_tensor *h, *q, *k, *v, *ka = NULL, *va = NULL, *gv = NULL, *o, *f, *a, *b;
-    TM(P, P_NORM, h, ag_rmsnorm(t, x, &L->attn_norm, c->norm_eps));
-    TM(P, P_QKV, q, ag_linear(t, h, &L->wq));
-    TM(P, P_ROPE, q, ag_rope(t, q, c->n_heads, pos, c->rope_theta));
-    TM(P, P_QKV, k, ag_linear(t, h, &L->wk));
-    TM(P, P_ROPE, k, ag_rope(t, k, c->n_kv_heads, pos, c->rope_theta));
-    TM(P, P_QKV, v, ag_linear(t, h, &L->wv));
-    int first = ad ? c->n_layers - ad->L : c->n_layers;
-    if (ad && l >= first) {
-        int j = l - first;
-        ag_tensor *A = ag_arena_alloc(t->arena, sizeof *A);
-        *A = ag_rows(&ad->query, j * ad->K, ad->K);
-        TM(P, P_PROMPT_KV, ka, ag_linear(t, A, &L->wk));
-        TM(P, P_PROMPT_KV, va, ag_linear(t, A, &L->wv));
-        TM(P, P_GATE, gv, ag_gate(t, &ad->gate[j], ad->gate_act));
-    }
-    TM(P, P_ATTN, o, ag_attention(t, q, k, v, ka, va, gv, c->n_heads, c->n_kv_heads, seq_off, n_seq));
-    TM(P, P_WO, o, ag_linear(t, o, &L->wo));
-    TM(P, P_ADD, x, ag_add(t, x, o));
-    TM(P, P_NORM, h, ag_rmsnorm(t, x, &L->ffn_norm, c->norm_eps));
-    TM(P, P_W13, a, ag_linear(t, h, &L->w1));
-    TM(P, P_W13, b, ag_linear(t, h, &L->w3));
-    TM(P, P_SWIGLU, f, ag_swiglu(t, a, b));
-    TM(P, P_W2, f, ag_linear(t, f, &L->w2));
-    TM(P, P_ADD, x, ag_add(t, x, f));
-    return x;
-}
-
-static ag_tensor *prof_loss(prof *P, ag_tape *t, const model_weights *w, const trainable *ad, const microbatch *mb) {
-    const llama_config *c = &w->cfg;
-    ag_tensor *x, *carry = NULL;
-    P->phase = 0;
-    TM(P, P_EMB, x, ag_embedding(t, (ag_tensor *)&w->tok_emb, mb->ids, mb->T));
-    for (int l = 0; l < c->n_layers; l++) {
-        if (l >= c->n_layers - ad->L) {
-            P->phase = 1;
-            x = prof_layer(P, t, w, l, ad, x, mb->pos, mb->seq_off, mb->n_seq);
-            continue;
-        }
-        double t0 = now();
-        if (!carry) {
-            carry = ag_new(t, mb->T, c->dim);
-            memcpy(carry->data, x->data, (size_t)mb->T * c->dim * sizeof(float));
-            x = carry;
-        }
-        ag_arena_mark m = ag_arena_get_mark(t->arena);
-        t->no_grad = 1;
-        P->fwd[P_COPY][0] += now() - t0;
-        ag_tensor *y = prof_layer(P, t, w, l, ad, x, mb->pos, mb->seq_off, mb->n_seq);
-        t0 = now();
-        t->no_grad = 0;
-        memcpy(carry->data, y->data, (size_t)mb->T * c->dim * sizeof(float));
-        ag_arena_rewind(t->arena, m);
-        P->fwd[P_COPY][0] += now() - t0;
-    }
-    P->phase = 1;
-    int n = 0;
-    for (int i = 0; i < mb->T; i++) n += mb->targets[i] != 0;
-    int *rows = ag_arena_alloc(t->arena, sizeof(int) * (size_t)(n ? n : 1));
-    int *tg = ag_arena_alloc(t->arena, sizeof(int) * (size_t)(n ? n : 1));
-    n = 0;
-    for (int i = 0; i < mb->T; i++)
-        if (mb->targets[i]) {
-            rows[n] = i;
-            tg[n++] = mb->targets[i];
-        }
-    ag_tensor *hs, *logits, *loss;
-    TM(P, P_GATHER, hs, ag_gather(t, x, rows, n));
-    TM(P, P_NORM, hs, ag_rmsnorm(t, hs, (ag_tensor *)&w->norm, c->norm_eps));
-    TM(P, P_CLS, logits, ag_linear(t, hs, (ag_tensor *)&w->cls));
-    TM(P, P_CE, loss, ag_cross_entropy(t, logits, tg, NULL));
-    return loss;
-}
-
-/* Which weight a recorded linear multiplies by (the prompt projections share wk/wv but have
- * the K prompts as input rows). */
-static int linear_category(const model_weights *w, const trainable *ad, const ag_entry *e) {
-    const void *W = e->src[1]->data;
-    const float *x = e->src[0]->data;
-    if (W == w->cls.data) return P_CLS;
-    for (int l = 0; l < w->cfg.n_layers; l++) {
-        const llama_layer_weights *L = &w->layers[l];
-        if (W == L->wk.data || W == L->wv.data) return x >= ad->p && x < ad->p + ad->n ? P_PROMPT_KV : P_QKV;
+/* Which weight a linear multiplies by (the prompt projections share wk/wv but have the K prompts
+ * as input rows). */
+static int linear_category(const prof *P, const void *W, const float *x) {
+    if (W == P->w->cls.data) return P_CLS;
+    for (int l = 0; l < P->w->cfg.n_layers; l++) {
+        const llama_layer_weights *L = &P->w->layers[l];
+        if (W == L->wk.data || W == L->wv.data) return x >= P->ad->p && x < P->ad->p + P->ad->n ? P_PROMPT_KV : P_QKV;
         if (W == L->wq.data) return P_QKV;
         if (W == L->wo.data) return P_WO;
         if (W == L->w1.data || W == L->w3.data) return P_W13;
         if (W == L->w2.data) return P_W2;
     }
-    return P_COPY;
+    return P_OTHER;
 }
 
-static void prof_backward(prof *P, ag_tape *t, ag_tensor *loss, const model_weights *w, const trainable *ad) {
-    ag_grad(t, loss)[0] += 1.0f;
-    for (int i = t->n - 1; i >= 0; i--) {
-        ag_entry *e = &t->entries[i];
-        if (!e->out->grad) continue;
-        double t0 = now();
-        int cat = P_COPY;
-        switch (e->op) {
-        case AG_OP_LINEAR:
-            ag_linear_backward(t, e);
-            cat = linear_category(w, ad, e);
-            break;
-        case AG_OP_EMBEDDING: ag_embedding_backward(t, e); cat = P_EMB; break;
-        case AG_OP_RMSNORM: ag_rmsnorm_backward(t, e); cat = P_NORM; break;
-        case AG_OP_ROPE: ag_rope_backward(t, e); cat = P_ROPE; break;
-        case AG_OP_SWIGLU: ag_swiglu_backward(t, e); cat = P_SWIGLU; break;
-        case AG_OP_ADD: ag_add_backward(t, e); cat = P_ADD; break;
-        case AG_OP_GATHER: ag_gather_backward(t, e); cat = P_GATHER; break;
-        case AG_OP_ATTENTION: ag_attention_backward(t, e); cat = P_ATTN; break;
-        case AG_OP_GATE: ag_gate_backward(t, e); cat = P_GATE; break;
-        case AG_OP_CROSS_ENTROPY: ag_cross_entropy_backward(t, e); cat = P_CE; break;
-        default: break;
-        }
-        P->bwd[cat] += now() - t0;
+static void prof_hook(void *ctx, const ag_tape *t, ag_op op, int backward, const ag_tensor *out, ag_tensor *const *src,
+                      double seconds) {
+    prof *P = ctx;
+    int cat = P_OTHER;
+    (void)out;
+    switch (op) {
+    case AG_OP_LINEAR: cat = linear_category(P, src[1]->data, src[0]->data); break;
+    case AG_OP_EMBEDDING: cat = P_EMB; break;
+    case AG_OP_RMSNORM: cat = P_NORM; break;
+    case AG_OP_ROPE: cat = P_ROPE; break;
+    case AG_OP_SWIGLU: cat = P_SWIGLU; break;
+    case AG_OP_ADD: cat = P_ADD; break;
+    case AG_OP_GATHER: cat = P_GATHER; break;
+    case AG_OP_ATTENTION: cat = P_ATTN; break;
+    case AG_OP_GATE: cat = P_GATE; break;
+    case AG_OP_CROSS_ENTROPY: cat = P_CE; break;
+    default: break;
     }
+    if (backward) P->bwd[cat] += seconds;
+    else P->fwd[cat][t->no_grad ? 0 : 1] += seconds;
 }
 
 static int cmd_profile(int argc, char **argv) {
@@ -860,17 +768,23 @@ static int cmd_profile(int argc, char **argv) {
     ag_tape_init(&tape, &arena);
     prof P, junk;
     memset(&P, 0, sizeof P);
+    P.w = &w;
+    P.ad = &tr;
+    tape.hook = prof_hook;
     double tokens = 0, ltokens = 0;
     for (int s = 0; s < W + N; s++) {
         prof *pp = s < W ? &junk : &P;
         memset(&junk, 0, sizeof junk);
+        junk.w = &w;
+        junk.ad = &tr;
+        tape.hook_ctx = pp;
         const microbatch *mb = loader_get(&ld, 0, s);
         double t0 = now();
         trainable_zero_grad(&tr);
         ag_tape_reset(&tape);
         ag_arena_reset(&arena);
-        ag_tensor *loss = prof_loss(pp, &tape, &w, &tr, mb);
-        prof_backward(pp, &tape, loss, &w, &tr);
+        ag_tensor *loss = llama_loss(&tape, &w, &tr, mb, NULL);
+        ag_backward(&tape, loss, 1.0f);
         double t1 = now();
         adamw_step(&opt_, tr.p, tr.g, 1e-4);
         pp->adam += now() - t1;

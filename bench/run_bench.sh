@@ -208,7 +208,7 @@ echo
 psize=medium
 case " $SIZES " in *" medium "*) ;; *) psize=small ;; esac
 pl=11; [ $psize = small ] && pl=3
-echo "where a C adapter training step goes ($psize bf16; the forward of trainer/llama.c re-timed op by op):"
+echo "where a C adapter training step goes ($psize bf16; the real step, each op timed through the tape hook):"
 "$TOOL" profile --model "$FIX/$psize-bf16" --tokenizer "$TOKENIZER" --data "$DATA" --adapter-layer $pl --first 2 --steps 4 \
   --threads "$THREADS"
 echo
