@@ -495,6 +495,44 @@ static void test_add_gradient_sharing(void) {
     ag_arena_free(&arena);
 }
 
+/* The op hook sees every forward (recorded or not) and every backward entry, with its op. */
+typedef struct hook_count { int fwd[AG_OP_COUNT], bwd[AG_OP_COUNT], no_grad_fwd; } hook_count;
+static void count_hook(void *ctx, const ag_tape *t, ag_op op, int backward, const ag_tensor *out, ag_tensor *const *src,
+                       double seconds) {
+    hook_count *h = ctx;
+    (void)out;
+    (void)src;
+    if (backward) h->bwd[op]++;
+    else h->fwd[op]++;
+    if (!backward && t->no_grad) h->no_grad_fwd++;
+    CHECK(seconds >= 0, "negative time");
+}
+
+static void test_op_hook_sees_every_op(void) {
+    ag_arena arena;
+    ag_arena_init(&arena, 1 << 16);
+    ag_tape tape;
+    ag_tape_init(&tape, &arena);
+    hook_count h;
+    memset(&h, 0, sizeof h);
+    tape.hook = count_hook;
+    tape.hook_ctx = &h;
+    float x[6] = {1, -2, 3, 0.5f, 1, 2}, w[6] = {0.1f, 0.2f, 0.3f, -0.4f, 0.5f, 0.6f}, g[6] = {0};
+    ag_tensor tx = ag_tensor_of(x, 3, 2, AG_F32), tw = ag_tensor_of(w, 3, 2, AG_F32);
+    tape.no_grad = 1;
+    ag_linear(&tape, &tx, &tw); /* frozen work is seen too */
+    tape.no_grad = 0;
+    tw.requires_grad = 1;
+    tw.grad = g;
+    int tg[3] = {1, 0, 2};
+    ag_tensor *loss = ag_cross_entropy(&tape, ag_linear(&tape, &tx, &tw), tg, NULL);
+    ag_backward(&tape, loss, 1.0f);
+    CHECK(h.fwd[AG_OP_LINEAR] == 2 && h.fwd[AG_OP_CROSS_ENTROPY] == 1 && h.no_grad_fwd == 1, "forward calls seen");
+    CHECK(h.bwd[AG_OP_LINEAR] == 1 && h.bwd[AG_OP_CROSS_ENTROPY] == 1, "backward calls seen");
+    ag_tape_free(&tape);
+    ag_arena_free(&arena);
+}
+
 /* Gradients accumulate across two backward passes (micro-batch accumulation needs nothing else). */
 static void test_gradients_accumulate(void) {
     ag_arena arena;
@@ -587,6 +625,7 @@ int main(void) {
     RUN(test_tape_prunes_frozen_work);
     RUN(test_gradients_accumulate);
     RUN(test_add_gradient_sharing);
+    RUN(test_op_hook_sees_every_op);
     RUN(test_arena_chains_and_reuses);
     RUN(test_vector_exp_matches_libm);
     RUN(test_bulk_conversion_every_16bit_pattern);
