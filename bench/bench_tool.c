@@ -616,23 +616,11 @@ static int cmd_tokens(int argc, char **argv) {
         alpaca_free(&raw);
         return 1;
     }
-    FILE *f = fopen(out, "w");
-    if (!f) {
-        fprintf(stderr, "bench_tool tokens: %s: cannot write: %s\n", out, strerror(errno));
-        return 1;
+    int rc = 0;
+    if (dataset_write_json(&d, t, tokp, out, err, sizeof err)) {
+        fprintf(stderr, "bench_tool tokens: %s\n", err);
+        rc = 1;
     }
-    /* examples: [n_prompt, id0, id1, ...]: labels are the ids with the first n_prompt zeroed */
-    fprintf(f, "{\"bos\":%d,\"eos\":%d,\"vocab\":%d,\"max_seq_len\":%d,\"tokenizer\":\"%s\",\"n\":%d,\"examples\":[\n",
-            tok_bos(t), tok_eos(t), tok_vocab_size(t), max_seq_len, tokp, d.n);
-    for (int i = 0; i < d.n; i++) {
-        int64_t a = d.off[i], b = d.off[i + 1], np = 0;
-        while (a + np < b && d.labels[a + np] == 0) np++;
-        fprintf(f, "%s[%lld", i ? ",\n" : "", (long long)np);
-        for (int64_t k = a; k < b; k++) fprintf(f, ",%d", d.ids[k]);
-        fputc(']', f);
-    }
-    fputs("\n]}\n", f);
-    int rc = fclose(f) ? 1 : 0;
     dataset_free(&d);
     alpaca_free(&raw);
     tok_free(t);

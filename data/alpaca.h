@@ -63,6 +63,12 @@ enum { DATASET_HAS_INPUT = 1, DATASET_TRUNCATED = 2 };
 int dataset_build(dataset *d, const alpaca_set *s, const tok *t, int max_seq_len, char *err,
                   size_t errlen);
 void dataset_free(dataset *d);
+/* Writes the tokenized examples as JSON for other tools (the PyTorch peer of the tests and
+ * benchmarks): {"bos","eos","vocab","max_seq_len","tokenizer","n","examples":[[n_prompt, id0,
+ * id1, ...], ...]}; an example's labels are its ids with the first n_prompt set to 0. 0 or -1
+ * with err. */
+int dataset_write_json(const dataset *d, const tok *t, const char *tokenizer_name, const char *path, char *err,
+                       size_t errlen);
 /* Moves the first n_val examples of d into val (the --val-split rule); 0 <= n_val < d->n.
  * Both sets get their counters recomputed; val is a fresh set the caller frees. */
 int dataset_split(dataset *d, dataset *val, int n_val, char *err, size_t errlen);

@@ -7,6 +7,7 @@
  * come from the encoding of the whole string. Examples are encoded in parallel (OpenMP over
  * examples; SentencePiece's Encode is const), the result does not depend on the thread count.
  * Deliberately not here: padding (there is none), batching and order (loader.c). */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,4 +224,28 @@ void dataset_summary(const dataset *d, const char *name, FILE *f) {
     fprintf(f, "  without loss tokens  %d\n", d->n_no_loss);
     fprintf(f, "  loss tokens / epoch  %lld (of %lld tokens)\n", (long long)d->n_loss_tokens,
             (long long)(n ? d->off[n] : 0));
+}
+
+int dataset_write_json(const dataset *d, const tok *t, const char *tokenizer_name, const char *path, char *err,
+                       size_t errlen) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        data_set_err(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "{\"bos\":%d,\"eos\":%d,\"vocab\":%d,\"max_seq_len\":%d,\"tokenizer\":\"%s\",\"n\":%d,\"examples\":[\n",
+            tok_bos(t), tok_eos(t), tok_vocab_size(t), d->max_seq_len, tokenizer_name, d->n);
+    for (int i = 0; i < d->n; i++) {
+        int64_t a = d->off[i], b = d->off[i + 1], np = 0;
+        while (a + np < b && d->labels[a + np] == 0) np++;
+        fprintf(f, "%s[%lld", i ? ",\n" : "", (long long)np);
+        for (int64_t k = a; k < b; k++) fprintf(f, ",%d", d->ids[k]);
+        fputc(']', f);
+    }
+    fputs("\n]}\n", f);
+    if (ferror(f) | fclose(f)) {
+        data_set_err(err, errlen, "%s: write failed", path);
+        return -1;
+    }
+    return 0;
 }

@@ -9,6 +9,7 @@
 #ifndef TEST_H
 #define TEST_H
 #include <ftw.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,6 +132,18 @@ static inline int test_run_bin(const char *dir, const char *args, char **out, ch
     free(of);
     free(ef);
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A shell command from a format; returns its exit status (128 + signal when killed). */
+static inline int test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline int test_sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 static inline int test_rm_entry_(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {

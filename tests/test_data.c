@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cJSON.h>
+
 #include "autograd/rng.h"
 #include "data/alpaca.h"
 #include "data/loader.h"
@@ -313,6 +315,41 @@ static void test_truncation_inside_prompt_and_inside_output(void) {
     alpaca_free(&s);
     free(p);
     free(f);
+}
+
+/* dataset_write_json: every example's ids, and labels as the ids after n_prompt zeros. */
+static void test_dataset_json_dump_round_trips(void) {
+    if (!g_tok) SKIP("no trained tokenizer");
+    const char *json = "[{\"instruction\": \"Name three colors.\", \"input\": \"x\", \"output\": \"Red.\"},\n"
+                       " {\"instruction\": \"Count.\", \"output\": \"1 2 3\"}]";
+    alpaca_set s;
+    dataset d;
+    if (build_from_json("dump.json", json, 512, &s, &d)) {
+        CHECK(0, "build failed");
+        return;
+    }
+    char p[512], err[256];
+    path_in(p, sizeof p, "tokens.json");
+    CHECK(dataset_write_json(&d, g_tok, "tok.model", p, err, sizeof err) == 0, "%s", err);
+    char *txt = test_read_file(p, NULL);
+    cJSON *root = txt ? cJSON_Parse(txt) : NULL, *ex = cJSON_GetObjectItem(root, "examples");
+    CHECK(root && cJSON_GetObjectItem(root, "n")->valueint == 2 && cJSON_GetArraySize(ex) == 2, "header and count");
+    for (int i = 0; root && i < 2; i++) {
+        cJSON *e = cJSON_GetArrayItem(ex, i);
+        int np = cJSON_GetArrayItem(e, 0)->valueint, L = cJSON_GetArraySize(e) - 1;
+        CHECK(L == (int)(d.off[i + 1] - d.off[i]), "example %d length", i);
+        for (int k = 0; k < L && k < 600; k++) {
+            int id = cJSON_GetArrayItem(e, k + 1)->valueint;
+            CHECK(id == d.ids[d.off[i] + k], "example %d id %d", i, k);
+            CHECK((k < np ? 0 : id) == d.labels[d.off[i] + k], "example %d label %d", i, k);
+        }
+    }
+    CHECK(dataset_write_json(&d, g_tok, "t", "/nonexistent-dir/x.json", err, sizeof err) == -1 && strstr(err, "nonexistent-dir"),
+          "unwritable path: %s", err);
+    cJSON_Delete(root);
+    free(txt);
+    dataset_free(&d);
+    alpaca_free(&s);
 }
 
 static void test_dataset_split_moves_first_examples(void) {
@@ -759,6 +796,7 @@ int main(void) {
     RUN(test_dataset_ids_and_labels_match_hand_built_template);
     RUN(test_truncation_inside_prompt_and_inside_output);
     RUN(test_dataset_split_moves_first_examples);
+    RUN(test_dataset_json_dump_round_trips);
     RUN(test_llama2_tokenizer_known_ids);
     RUN(test_llama2_alpaca_small_ids_and_summary);
     RUN(test_loader_file_order_and_drop_last);

@@ -38,16 +38,6 @@ static const char *bin;
 static int have_torch; /* 1: python3 imports torch; 0: skip with reason */
 static char skip_reason[256];
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 
 static char *slurp(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -123,18 +113,8 @@ static int write_tokens(int max_seq_len) {
         return -1;
     }
     snprintf(tokens_path, sizeof tokens_path, "%s/tokens.json", dir);
-    FILE *f = fopen(tokens_path, "w");
-    fprintf(f, "{\"bos\":%d,\"eos\":%d,\"vocab\":%d,\"max_seq_len\":%d,\"tokenizer\":\"%s\",\"n\":%d,\"examples\":[\n",
-            tok_bos(t), tok_eos(t), tok_vocab_size(t), max_seq_len, tok_path, d.n);
-    for (int i = 0; i < d.n; i++) {
-        int64_t a = d.off[i], b = d.off[i + 1], np = 0;
-        while (a + np < b && d.labels[a + np] == 0) np++;
-        fprintf(f, "%s[%lld", i ? ",\n" : "", (long long)np);
-        for (int64_t k = a; k < b; k++) fprintf(f, ",%d", d.ids[k]);
-        fputc(']', f);
-    }
-    fputs("\n]}\n", f);
-    int rc = fclose(f) ? -1 : 0;
+    int rc = dataset_write_json(&d, t, tok_path, tokens_path, err, sizeof err);
+    if (rc) printf("  fixture: %s\n", err);
     printf("  data: %d examples, %d truncated, %d without a loss token\n", d.n, d.n_truncated, d.n_no_loss);
     if (d.n_no_loss < 1 || d.n_truncated < 2) {
         printf("  fixture: expected truncated examples and one without loss tokens\n");
@@ -228,7 +208,7 @@ static void run_config(int ci) {
              c->batch, c->accum, MAX_LEN, c->lr, c->gate_act);
     char init_flag[420] = "";
     if (!full) snprintf(init_flag, sizeof init_flag, "--init-adapter %s", init);
-    int st = sh("%s train --model %s --tokenizer %s --data %s --out %s --method %s %s --no-shuffle --max-steps %d %s --log-every 0"
+    int st = test_sh("%s train --model %s --tokenizer %s --data %s --out %s --method %s %s --no-shuffle --max-steps %d %s --log-every 0"
                 " > %s.log 2>&1",
                 bin, model, tok_path, data_path, run, c->method, init_flag, STEPS, common, run);
     CHECK(st == 0, "C train (config %s) exit %d, see %s.log", c->name, st, run);
@@ -249,7 +229,7 @@ static void run_config(int ci) {
     } else {
         char exp_path[500];
         snprintf(exp_path, sizeof exp_path, "%s/final.safetensors", run);
-        st = sh("%s export --adapter %s --format safetensors --out %s > /dev/null 2>&1", bin, run, exp_path);
+        st = test_sh("%s export --adapter %s --format safetensors --out %s > /dev/null 2>&1", bin, run, exp_path);
         CHECK(st == 0, "export exit %d", st);
         if (st || adapter_import(exp_path, K_LEN, mc.n_layers, mc.n_heads, mc.dim, &o->c_ad, err, sizeof err)) {
             CHECK(0, "reading the exported adapter: %s", err);
@@ -257,7 +237,7 @@ static void run_config(int ci) {
         }
         snprintf(target, sizeof target, "--model %s --adapter %s", model, exp_path);
     }
-    st = sh("%s eval %s --tokenizer %s --data %s --batch-size 4 --max-seq-len %d --threads 2 > %s 2>/dev/null", bin, target,
+    st = test_sh("%s eval %s --tokenizer %s --data %s --batch-size 4 --max-seq-len %d --threads 2 > %s 2>/dev/null", bin, target,
             tok_path, data_path, MAX_LEN, evalp);
     char *ev = slurp(evalp);
     o->c_eval = ev ? metric(ev, "loss") : NAN;
@@ -268,7 +248,7 @@ static void run_config(int ci) {
     char cmp[500] = "";
     if (full) snprintf(cmp, sizeof cmp, "--compare-model %s/model", run);
     else snprintf(cmp, sizeof cmp, "--init-adapter %s", init);
-    st = sh(PY " " PEER " check --model %s --tokens %s --data %s --method %s %s --steps %d --eval-batch 4 %s --out %s"
+    st = test_sh(PY " " PEER " check --model %s --tokens %s --data %s --method %s %s --steps %d --eval-batch 4 %s --out %s"
                " > %s/torch_%s.log 2>&1",
             model, tokens_path, data_path, c->method, cmp, STEPS, common, res, dir, c->name);
     CHECK(st == 0, "peer_torch.py check (config %s) exit %d, see %s/torch_%s.log", c->name, st, dir, c->name);
@@ -280,7 +260,7 @@ static void run_config(int ci) {
 }
 
 static void setup_all(void) {
-    if (sh(PY " -c 'import torch' > /dev/null 2>&1") != 0) {
+    if (test_sh(PY " -c 'import torch' > /dev/null 2>&1") != 0) {
         snprintf(skip_reason, sizeof skip_reason, PY " cannot import torch (install python3-torch: scripts/deps.sh)");
         return;
     }
@@ -428,6 +408,6 @@ int main(void) {
         cJSON_Delete(OUT[i].py);
         if (OUT[i].c_ad.query) adapter_data_free(&OUT[i].c_ad);
     }
-    if (!getenv("KEEP_TMP")) sh("rm -rf %s", dir);
+    if (!getenv("KEEP_TMP")) test_sh("rm -rf %s", dir);
     return TEST_MAIN_END("test_torch_reference");
 }

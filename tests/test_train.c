@@ -25,16 +25,6 @@ static const char *bin;
 static const char *WORDS[] = {"apple", "river", "stone", "cloud", "green", "table", "music", "light",
                               "paper", "glass", "horse", "bread", "ocean", "chair", "tiger", "honey"};
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 
 static int make_fixture(void) {
     char p[400], err[512];
@@ -122,7 +112,7 @@ static void raw_field(const char *line, const char *key, char *out, size_t n) {
 static void test_loss_goes_down_and_metrics_are_well_formed(void) {
     char run[400];
     snprintf(run, sizeof run, "%s/run_down", dir);
-    int st = sh("%s train " COMMON " --adapter-len 4 --adapter-layer 3 --out %s --epochs 4 --warmup-epochs 1 --lr 0.2 --no-shuffle --log-every 12"
+    int st = test_sh("%s train " COMMON " --adapter-len 4 --adapter-layer 3 --out %s --epochs 4 --warmup-epochs 1 --lr 0.2 --no-shuffle --log-every 12"
                 " > %s/down.log 2>&1", bin,
                 model_dir, tok_path, data_path, run, dir);
     CHECK(st == 0, "train exit %d (see %s/down.log)", st, dir);
@@ -206,7 +196,7 @@ static void test_adamw_step_matches_hand_computation(void) {
 static void test_first_step_moves_only_gates_and_decay(void) {
     char run[400];
     snprintf(run, sizeof run, "%s/run_first", dir);
-    int st = sh("%s train " COMMON " --out %s --epochs 2 --warmup-epochs 0 --lr 0.01 --max-steps 1 --seed 5 > %s/first.log 2>&1", bin,
+    int st = test_sh("%s train " COMMON " --out %s --epochs 2 --warmup-epochs 0 --lr 0.01 --max-steps 1 --seed 5 > %s/first.log 2>&1", bin,
                 model_dir, tok_path, data_path, run, dir);
     CHECK(st == 0, "train exit %d", st);
     char ck[500], err[512];
@@ -253,11 +243,11 @@ static void test_resume_is_bit_exact(void) {
     snprintf(a, sizeof a, "%s/run_a", dir);
     snprintf(b, sizeof b, "%s/run_b", dir);
     const char *opts = "--epochs 3 --warmup-epochs 1 --accum-iter 2 --seed 9 --save-every 4";
-    int st = sh("%s train " COMMON " %s --out %s --max-steps 10 > %s/a.log 2>&1", bin, model_dir, tok_path, data_path, opts, a, dir);
+    int st = test_sh("%s train " COMMON " %s --out %s --max-steps 10 > %s/a.log 2>&1", bin, model_dir, tok_path, data_path, opts, a, dir);
     CHECK(st == 0, "run a exit %d", st);
-    st = sh("%s train " COMMON " %s --out %s --max-steps 5 > %s/b1.log 2>&1", bin, model_dir, tok_path, data_path, opts, b, dir);
+    st = test_sh("%s train " COMMON " %s --out %s --max-steps 5 > %s/b1.log 2>&1", bin, model_dir, tok_path, data_path, opts, b, dir);
     CHECK(st == 0, "run b exit %d", st);
-    st = sh("%s train --resume %s --max-steps 10 > %s/b2.log 2>&1", bin, b, dir);
+    st = test_sh("%s train --resume %s --max-steps 10 > %s/b2.log 2>&1", bin, b, dir);
     CHECK(st == 0, "resumed run exit %d (see %s/b2.log)", st, dir);
     metrics ma, mb;
     read_metrics(a, &ma);
@@ -307,7 +297,7 @@ static void test_export_round_trip(void) {
     const char *fmts[] = {"safetensors", "pth", "hdf5"};
     char ref[256] = "";
     snprintf(log, sizeof log, "%s/eval.json", dir);
-    int st = sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir,
+    int st = test_sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir,
                 tok_path, data_path, run, log);
     CHECK(st == 0, "eval with the run directory: exit %d", st);
     FILE *f = fopen(log, "r");
@@ -318,10 +308,10 @@ static void test_export_round_trip(void) {
     CHECK(field(ref, "tokens") > 0 && field(ref, "loss") > 0, "eval output %s", ref);
     for (int i = 0; i < 3; i++) {
         snprintf(out, sizeof out, "%s/adapter.%s", dir, fmts[i]);
-        st = sh("%s export --adapter %s --format %s --out %s > /dev/null 2>&1", bin, run, fmts[i], out);
+        st = test_sh("%s export --adapter %s --format %s --out %s > /dev/null 2>&1", bin, run, fmts[i], out);
         CHECK(st == 0, "export %s: exit %d", fmts[i], st);
         char got[256] = "";
-        st = sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s --adapter-len 4 > %s 2>/dev/null", bin,
+        st = test_sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s --adapter-len 4 > %s 2>/dev/null", bin,
                 model_dir, tok_path, data_path, out, log);
         f = fopen(log, "r");
         if (f) {
@@ -334,11 +324,11 @@ static void test_export_round_trip(void) {
     char run2[400];
     snprintf(run2, sizeof run2, "%s/run_init", dir);
     snprintf(out, sizeof out, "%s/adapter.safetensors", dir);
-    st = sh("%s train " COMMON " --out %s --init-adapter %s --blr 0 --max-steps 1 > %s/init.log 2>&1", bin, model_dir, tok_path,
+    st = test_sh("%s train " COMMON " --out %s --init-adapter %s --blr 0 --max-steps 1 > %s/init.log 2>&1", bin, model_dir, tok_path,
             data_path, run2, out, dir);
     CHECK(st == 0, "train --init-adapter: exit %d", st);
     char got[256] = "";
-    st = sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir, tok_path,
+    st = test_sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir, tok_path,
             data_path, run2, log);
     f = fopen(log, "r");
     if (f) {
@@ -352,14 +342,14 @@ static void test_export_round_trip(void) {
 static void test_zero_init_eval_equals_base(void) {
     char run[400], log[600], a[256] = "", b[256] = "";
     snprintf(run, sizeof run, "%s/run_zero", dir);
-    int st = sh("%s train " COMMON " --out %s --blr 0 --max-steps 1 > /dev/null 2>&1", bin, model_dir, tok_path, data_path, run);
+    int st = test_sh("%s train " COMMON " --out %s --blr 0 --max-steps 1 > /dev/null 2>&1", bin, model_dir, tok_path, data_path, run);
     CHECK(st == 0, "train exit %d", st);
     snprintf(log, sizeof log, "%s/e1.json", dir);
-    sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir, tok_path,
+    test_sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 --adapter %s > %s 2>/dev/null", bin, model_dir, tok_path,
        data_path, run, log);
     FILE *f = fopen(log, "r");
     if (f && fgets(a, sizeof a, f)) fclose(f);
-    sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 > %s 2>/dev/null", bin, model_dir, tok_path, data_path, log);
+    test_sh("%s eval --model %s --tokenizer %s --data %s --max-seq-len 256 > %s 2>/dev/null", bin, model_dir, tok_path, data_path, log);
     f = fopen(log, "r");
     if (f && fgets(b, sizeof b, f)) fclose(f);
     CHECK(a[0] && !strcmp(a, b), "eval with a zero-gate adapter %s != base %s", a, b);
@@ -389,7 +379,7 @@ static void test_sigint_writes_checkpoint(void) {
     train_ckpt c;
     CHECK(ckpt_load(ck, &c, err, sizeof err) == 0, "checkpoint at the interrupted step %d: %s", m.n, err);
     if (c.params) ckpt_free(&c);
-    int st = sh("%s train --resume %s --max-steps %d > /dev/null 2>&1", bin, run, m.n + 2);
+    int st = test_sh("%s train --resume %s --max-steps %d > /dev/null 2>&1", bin, run, m.n + 2);
     CHECK(st == 0, "resume after SIGINT: exit %d", st);
 }
 
@@ -402,7 +392,7 @@ static void test_config_file_and_flags(void) {
             model_dir, tok_path, data_path, dir);
     fclose(f);
     snprintf(out, sizeof out, "%s/cfg.log", dir);
-    int st = sh("%s train --config %s --batch-size 8 > %s 2>&1", bin, cfg, out);
+    int st = test_sh("%s train --config %s --batch-size 8 > %s 2>&1", bin, cfg, out);
     CHECK(st == 0, "train --config: exit %d", st);
     f = fopen(out, "r");
     char line[8192];
@@ -427,7 +417,7 @@ static void test_config_file_and_flags(void) {
     expect_fail(args, "expected an integer");
     /* --help lists every key with its default */
     snprintf(out, sizeof out, "%s/help.txt", dir);
-    st = sh("%s train --help > %s", bin, out);
+    st = test_sh("%s train --help > %s", bin, out);
     CHECK(st == 0, "--help exit %d", st);
     f = fopen(out, "r");
     char text[16384] = "";
@@ -447,7 +437,7 @@ static void test_full_method_pretrains_on_text(void) {
     char run[400], corpus[400], log[500];
     snprintf(run, sizeof run, "%s/run_full", dir);
     snprintf(corpus, sizeof corpus, "%s/corpus.txt", dir);
-    int st = sh("%s train --method full --model %s --tokenizer %s --data %s --out %s --batch-size 8 --epochs 1 --max-steps 30"
+    int st = test_sh("%s train --method full --model %s --tokenizer %s --data %s --out %s --batch-size 8 --epochs 1 --max-steps 30"
                 " --lr 0.003 --warmup-epochs 0.1 --no-shuffle --threads 2 > %s/full.log 2>&1",
                 bin, model_dir, tok_path, corpus, run, dir);
     CHECK(st == 0, "train --method full exit %d (see %s/full.log)", st, dir);
@@ -464,7 +454,7 @@ static void test_full_method_pretrains_on_text(void) {
     CHECK(model_load(model, &w, err, sizeof err) == 0, "the trained model loads: %s", err);
     if (!err[0] || w.layers) model_free(&w);
     snprintf(log, sizeof log, "%s/full_eval.json", dir);
-    st = sh("%s eval --model %s --tokenizer %s --data %s > %s 2>/dev/null", bin, model, tok_path, corpus, log);
+    st = test_sh("%s eval --model %s --tokenizer %s --data %s > %s 2>/dev/null", bin, model, tok_path, corpus, log);
     FILE *f = fopen(log, "r");
     char line[256] = "";
     if (f) {
@@ -484,7 +474,7 @@ static void test_full_method_pretrains_on_text(void) {
  * micro-batches. Loss per step within float rounding, lr and token counts exactly, the final
  * adapters within 1e-6. */
 static void test_data_parallel_equals_accumulation(void) {
-    if (sh("command -v mpirun > /dev/null 2>&1") != 0) SKIP("mpirun (openmpi-bin) is not installed");
+    if (test_sh("command -v mpirun > /dev/null 2>&1") != 0) SKIP("mpirun (openmpi-bin) is not installed");
     char reordered[400], a[400], b[400];
     snprintf(reordered, sizeof reordered, "%s/reordered.json", dir);
     FILE *f = fopen(reordered, "w");
@@ -501,10 +491,10 @@ static void test_data_parallel_equals_accumulation(void) {
     const char *opts = "--adapter-len 2 --adapter-layer 2 --max-seq-len 256 --no-shuffle --epochs 2 --warmup-epochs 0.5 --lr 0.05 --threads 1 --max-steps 6";
     /* Open MPI's own allocations at MPI_Init are never freed: leak checking (make asan) is off for
      * this command only; the single-process runs check the trainer's memory */
-    int st = sh("ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe -np 2 %s train --model %s --tokenizer %s --data %s --batch-size 2 %s --out %s"
+    int st = test_sh("ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe -np 2 %s train --model %s --tokenizer %s --data %s --batch-size 2 %s --out %s"
                 " > %s/mpi.log 2>&1", bin, model_dir, tok_path, data_path, opts, a, dir);
     CHECK(st == 0, "mpirun -np 2 train: exit %d (see %s/mpi.log)", st, dir);
-    st = sh("%s train --model %s --tokenizer %s --data %s --batch-size 2 --accum-iter 2 %s --out %s > %s/accum.log 2>&1", bin,
+    st = test_sh("%s train --model %s --tokenizer %s --data %s --batch-size 2 --accum-iter 2 %s --out %s > %s/accum.log 2>&1", bin,
             model_dir, tok_path, reordered, opts, b, dir);
     CHECK(st == 0, "single-process accumulation run: exit %d", st);
     metrics ma, mb;
@@ -559,7 +549,7 @@ static void test_presets_parse(void) {
 static void test_validation_loss_is_reported(void) {
     char run[400];
     snprintf(run, sizeof run, "%s/run_val", dir);
-    int st = sh("%s train " COMMON " --out %s --val-split 8 --epochs 2 --eval-every 3 > %s/val.log 2>&1", bin, model_dir, tok_path,
+    int st = test_sh("%s train " COMMON " --out %s --val-split 8 --epochs 2 --eval-every 3 > %s/val.log 2>&1", bin, model_dir, tok_path,
                 data_path, run, dir);
     CHECK(st == 0, "train exit %d", st);
     metrics m;
