@@ -273,6 +273,38 @@ static double validate(run *r, int64_t *tokens) {
     return er.loss;
 }
 
+/* One forward and backward pass on the longest possible micro-batch (the batch_size longest
+ * examples) before the first step, its gradients discarded: the arena reaches its high-water
+ * size once, at start-up (no page-fault stalls when a long batch first comes, and a run that
+ * cannot fit fails now rather than hours in). Changes no parameter and no random state. */
+static void warm_up(run *r) {
+    const dataset *d = &r->train;
+    int B = r->c->batch_size < d->n ? r->c->batch_size : d->n;
+    int *idx = malloc(sizeof(int) * (size_t)d->n);
+    for (int i = 0; i < d->n; i++) idx[i] = i;
+    for (int k = 0; k < B; k++) /* partial selection of the B longest */
+        for (int i = k + 1; i < d->n; i++)
+            if (d->off[idx[i] + 1] - d->off[idx[i]] > d->off[idx[k] + 1] - d->off[idx[k]]) {
+                int t = idx[k];
+                idx[k] = idx[i];
+                idx[i] = t;
+            }
+    double t0 = omp_get_wtime();
+    const microbatch *mb = loader_pack(&r->ld, idx, B);
+    free(idx);
+    if (!mb) return;
+    ag_tape_reset(&r->tape);
+    ag_arena_reset(&r->arena);
+    int n_loss = 0;
+    ag_tensor *loss = llama_loss(&r->tape, &r->w, r->tr.is_adapter ? &r->tr : NULL, mb, &n_loss);
+    if (loss->requires_grad && n_loss > 0) ag_backward(&r->tape, loss, 1.0f);
+    trainable_zero_grad(&r->tr);
+    ag_tape_reset(&r->tape);
+    ag_arena_reset(&r->arena);
+    printf("memory: %.1f MB of activations for the longest micro-batch (%d tokens), %.2f s\n", r->arena.high / 1e6, mb->T,
+           omp_get_wtime() - t0);
+}
+
 /* Returns 0 when done, 130 when interrupted (after the checkpoint), -1 on error. */
 static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, char *err, size_t errlen) {
     train_config *c = r->c;
@@ -290,6 +322,7 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
     if (r->d->world > 1) printf("data parallel: %d processes, %d threads each\n", r->d->world, omp_get_max_threads());
     if (r->step > 0) printf("resumed at step %lld (epoch %d, micro-batch %lld)\n", (long long)r->step, r->epoch, (long long)r->micro);
     fflush(stdout);
+    if (r->step < total) warm_up(r);
     int tty = isatty(fileno(stdout));
     double t_start = omp_get_wtime();
     int64_t steps_this_run = 0;
