@@ -135,6 +135,11 @@ static void test_loss_goes_down_and_metrics_are_well_formed(void) {
     char ck[500];
     snprintf(ck, sizeof ck, "%s/ckpt-00000048.h5", run);
     CHECK(access(ck, R_OK) == 0, "final checkpoint %s", ck);
+    /* the warm-up pass over the longest micro-batch reports the activation memory */
+    snprintf(ck, sizeof ck, "%s/down.log", dir);
+    char *log = test_read_file(ck, NULL), *mem = log ? strstr(log, "\nmemory: ") : NULL;
+    CHECK(mem && atof(mem + 9) > 0, "a 'memory: N MB' line before the first step");
+    free(log);
 }
 
 /* Schedule values at the start, mid warm-up, end of warm-up and the last step equal the
