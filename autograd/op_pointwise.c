@@ -60,8 +60,7 @@ void ag_rope_backward(ag_tape *t, ag_entry *e) {
     /* dx += R(-angle) dy: rotate into scratch, then accumulate */
     size_t n = ag_numel(x);
     if (!x->grad) { /* the rotation of dy is the whole gradient: write it in place */
-        x->grad = ag_arena_alloc(t->arena, n * sizeof(float));
-        kn_rope(x->grad, e->out->grad, e->saved[0], x->rows, nh, x->cols / nh, e->f[0], 1);
+        kn_rope(ag_grad(t, x), e->out->grad, e->saved[0], x->rows, nh, x->cols / nh, e->f[0], 1);
         return;
     }
     float *tmp = ag_scratch(t, n), *dx = x->grad;
@@ -119,6 +118,8 @@ void ag_add_backward(ag_tape *t, ag_entry *e) {
             /* dx = dy: give the input dy's buffer (complete now, and no other entry reads it)
              * instead of zero-filling a new one and adding; for x + x the second pass doubles it */
             x->grad = e->out->grad;
+            x->grad_pooled = e->out->grad_pooled; /* the buffer's ownership moves with it */
+            e->out->grad_pooled = 0;
             handed = 1;
             continue;
         }

@@ -31,6 +31,9 @@ void ag_tape_init(ag_tape *t, ag_arena *arena) {
 }
 
 void ag_tape_free(ag_tape *t) {
+    free(t->pool);
+    t->pool = NULL;
+    t->n_pool = t->cap_pool = 0;
     free(t->scratch);
     t->scratch = NULL;
     t->scratch_cap = 0;
@@ -39,7 +42,10 @@ void ag_tape_free(ag_tape *t) {
     t->n = t->cap = 0;
 }
 
-void ag_tape_reset(ag_tape *t) { t->n = 0; }
+void ag_tape_reset(ag_tape *t) {
+    t->n = 0;
+    t->n_pool = 0; /* its buffers live in the arena, which is reset with the tape */
+}
 
 ag_tensor *ag_new(ag_tape *t, int rows, int cols) {
     ag_tensor *x = ag_arena_alloc(t->arena, sizeof *x);
@@ -59,8 +65,35 @@ float *ag_scratch(ag_tape *t, size_t n) {
 }
 
 float *ag_grad(ag_tape *t, ag_tensor *x) {
-    if (!x->grad) x->grad = ag_arena_zalloc(t->arena, ag_numel(x) * sizeof(float));
+    if (x->grad) return x->grad;
+    size_t bytes = ag_numel(x) * sizeof(float);
+    for (int i = t->n_pool - 1; i >= 0; i--)
+        if (t->pool[i].bytes == bytes) {
+            x->grad = t->pool[i].p;
+            t->pool[i] = t->pool[--t->n_pool];
+            memset(x->grad, 0, bytes);
+            x->grad_pooled = 1;
+            return x->grad;
+        }
+    x->grad = ag_arena_zalloc(t->arena, bytes);
+    x->grad_pooled = 1;
     return x->grad;
+}
+
+/* Gives an activation gradient back to the pool (its producer's backward has run). */
+static void pool_release(ag_tape *t, ag_tensor *x) {
+    if (!x->grad || !x->grad_pooled) return;
+    if (t->n_pool == t->cap_pool) {
+        int cap = t->cap_pool ? 2 * t->cap_pool : 64;
+        void *p = realloc(t->pool, (size_t)cap * sizeof *t->pool);
+        if (!p) return; /* not reusing is always safe */
+        t->pool = p;
+        t->cap_pool = cap;
+    }
+    t->pool[t->n_pool].bytes = ag_numel(x) * sizeof(float);
+    t->pool[t->n_pool++].p = x->grad;
+    x->grad = NULL;
+    x->grad_pooled = 0;
 }
 
 int ag_should_record(const ag_tape *t, ag_tensor *const *src, int n) {
@@ -99,6 +132,7 @@ static void replay(ag_tape *t) {
         double t0 = ag_hook_start(t);
         OPS[e->op].backward(t, e);
         if (t->hook) t->hook(t->hook_ctx, t, e->op, 1, e->out, e->src, omp_get_wtime() - t0);
+        pool_release(t, e->out);
     }
 }
 

@@ -65,6 +65,11 @@ typedef struct ag_tape {
     size_t scratch_cap;
     ag_op_hook hook;  /* NULL: no observer (the default; costs one branch per op) */
     void *hook_ctx;
+    /* activation gradients no longer needed (their producer's backward has run), by size, for
+     * reuse: a backward pass then holds about one layer of activation gradients at a time
+     * instead of all of them. Arena memory: forgotten at reset. */
+    struct { size_t bytes; float *p; } *pool;
+    int n_pool, cap_pool;
 } ag_tape;
 
 void ag_tape_init(ag_tape *t, ag_arena *arena);
@@ -76,7 +81,7 @@ void ag_tape_reset(ag_tape *t);
 ag_tensor *ag_new(ag_tape *t, int rows, int cols);
 /* At least n floats of scratch, valid until the next ag_scratch() call. */
 float *ag_scratch(ag_tape *t, size_t n);
-/* t->grad, allocated zeroed from the arena when still NULL. */
+/* x->grad, zeroed, from the gradient pool or the arena when still NULL. */
 float *ag_grad(ag_tape *t, ag_tensor *x);
 
 /* Runs the tape backwards from a scalar loss [1,1], seeding dloss = seed (1 for a plain

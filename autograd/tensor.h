@@ -21,6 +21,7 @@ typedef struct ag_tensor {
     int rows, cols;
     ag_dtype dtype;
     int requires_grad; /* 1 when a gradient must flow into this tensor */
+    int grad_pooled;   /* 1 when grad came from the tape's gradient pool (returned after use) */
 } ag_tensor;
 
 /* Always-on assertion for programmer errors: prints file:line and the message, then aborts. */
@@ -45,7 +46,7 @@ static inline float *ag_f32(const ag_tensor *t) {
 
 /* A tensor over existing memory. */
 static inline ag_tensor ag_tensor_of(void *data, int rows, int cols, ag_dtype dtype) {
-    ag_tensor t = {data, NULL, rows, cols, dtype, 0};
+    ag_tensor t = {data, NULL, rows, cols, dtype, 0, 0};
     return t;
 }
 
