@@ -533,6 +533,37 @@ static void test_op_hook_sees_every_op(void) {
     ag_arena_free(&arena);
 }
 
+/* Activation gradients are reused once their producer's backward has run: a chain of 20 linear
+ * layers needs about 20 activations plus a few gradients, not 20 of each. */
+static void test_backward_reuses_activation_gradients(void) {
+    enum { T = 64, C = 64, NL = 20 };
+    ag_arena arena;
+    ag_arena_init(&arena, 1 << 12);
+    ag_tape tape;
+    ag_tape_init(&tape, &arena);
+    static float x[T * C], w[NL][C * C], g[NL][C * C], r[T * C];
+    ag_tensor tw[NL];
+    ag_rng rng;
+    ag_rng_seed(&rng, 3);
+    for (int i = 0; i < T * C; i++) x[i] = (float)ag_rng_normal(&rng), r[i] = 1.0f;
+    for (int l = 0; l < NL; l++) {
+        for (int i = 0; i < C * C; i++) w[l][i] = (float)(ag_rng_normal(&rng) / 8.0);
+        tw[l] = ag_tensor_of(w[l], C, C, AG_F32);
+        tw[l].requires_grad = 1;
+        tw[l].grad = g[l];
+    }
+    ag_tensor tx = ag_tensor_of(x, T, C, AG_F32), *y = &tx;
+    for (int l = 0; l < NL; l++) y = ag_linear(&tape, y, &tw[l]);
+    size_t act = arena.used, one = (size_t)T * C * sizeof(float);
+    ag_backward_from(&tape, y, r);
+    size_t grads = arena.high - act;
+    printf("  %d activations of %zu KB: backward added %zu KB of gradients (%.1f tensors)\n", NL, one / 1024, grads / 1024,
+           (double)grads / (double)one);
+    CHECK(grads <= 4 * one, "backward held %.1f activation gradients at once, expected a few", (double)grads / (double)one);
+    ag_tape_free(&tape);
+    ag_arena_free(&arena);
+}
+
 /* Gradients accumulate across two backward passes (micro-batch accumulation needs nothing else). */
 static void test_gradients_accumulate(void) {
     ag_arena arena;
@@ -626,6 +657,7 @@ int main(void) {
     RUN(test_gradients_accumulate);
     RUN(test_add_gradient_sharing);
     RUN(test_op_hook_sees_every_op);
+    RUN(test_backward_reuses_activation_gradients);
     RUN(test_arena_chains_and_reuses);
     RUN(test_vector_exp_matches_libm);
     RUN(test_bulk_conversion_every_16bit_pattern);
