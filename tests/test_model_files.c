@@ -17,11 +17,6 @@ static char g_tmp[256];
 
 static void tmp_path(char *buf, size_t n, const char *rel) { snprintf(buf, n, "%s/%s", g_tmp, rel); }
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
 static int write_file(const char *path, const void *buf, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
@@ -931,6 +926,6 @@ int main(void) {
     RUN(test_model_init_random_is_deterministic_and_param_count_matches);
     RUN(test_stories260k_loads_with_the_right_config_and_raw_values);
     RUN(test_bad_model_files_give_one_line_errors);
-    nftw(g_tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(g_tmp);
     return TEST_MAIN_END("test_model_files");
 }

@@ -39,19 +39,6 @@ static int have_torch; /* 1: python3 imports torch; 0: skip with reason */
 static char skip_reason[256];
 
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static const char *WORDS[] = {"apple", "river", "stone", "cloud", "green", "table", "music", "light",
                               "paper", "glass", "horse", "bread", "ocean", "chair", "tiger", "honey"};
 
@@ -239,7 +226,7 @@ static void run_config(int ci) {
     }
     st = test_sh("%s eval %s --tokenizer %s --data %s --batch-size 4 --max-seq-len %d --threads 2 > %s 2>/dev/null", bin, target,
             tok_path, data_path, MAX_LEN, evalp);
-    char *ev = slurp(evalp);
+    char *ev = test_read_file(evalp, NULL);
     o->c_eval = ev ? metric(ev, "loss") : NAN;
     free(ev);
     CHECK(st == 0 && !isnan(o->c_eval), "C eval exit %d", st);
@@ -252,7 +239,7 @@ static void run_config(int ci) {
                " > %s/torch_%s.log 2>&1",
             model, tokens_path, data_path, c->method, cmp, STEPS, common, res, dir, c->name);
     CHECK(st == 0, "peer_torch.py check (config %s) exit %d, see %s/torch_%s.log", c->name, st, dir, c->name);
-    char *txt = st == 0 ? slurp(res) : NULL;
+    char *txt = st == 0 ? test_read_file(res, NULL) : NULL;
     o->py = txt ? cJSON_Parse(txt) : NULL;
     free(txt);
     CHECK(o->py != NULL, "peer result %s is not JSON", res);
@@ -408,6 +395,6 @@ int main(void) {
         cJSON_Delete(OUT[i].py);
         if (OUT[i].c_ad.query) adapter_data_free(&OUT[i].c_ad);
     }
-    if (!getenv("KEEP_TMP")) test_sh("rm -rf %s", dir);
+    if (!getenv("KEEP_TMP")) test_rmtree(dir);
     return TEST_MAIN_END("test_torch_reference");
 }
