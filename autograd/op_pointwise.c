@@ -60,7 +60,7 @@ void ag_rope_backward(ag_tape *t, ag_entry *e) {
     /* dx += R(-angle) dy: rotate into scratch, then accumulate */
     size_t n = ag_numel(x);
     if (!x->grad) { /* the rotation of dy is the whole gradient: write it in place */
-        kn_rope(ag_grad(t, x), e->out->grad, e->saved[0], x->rows, nh, x->cols / nh, e->f[0], 1);
+        kn_rope(ag_grad_overwrite(t, x), e->out->grad, e->saved[0], x->rows, nh, x->cols / nh, e->f[0], 1);
         return;
     }
     float *tmp = ag_scratch(t, n), *dx = x->grad;

@@ -64,20 +64,28 @@ float *ag_scratch(ag_tape *t, size_t n) {
     return t->scratch;
 }
 
-float *ag_grad(ag_tape *t, ag_tensor *x) {
-    if (x->grad) return x->grad;
+/* x->grad from the pool or the arena, uninitialised. */
+static float *grad_take(ag_tape *t, ag_tensor *x) {
     size_t bytes = ag_numel(x) * sizeof(float);
-    for (int i = t->n_pool - 1; i >= 0; i--)
+    x->grad = NULL;
+    for (int i = t->n_pool - 1; i >= 0 && !x->grad; i--)
         if (t->pool[i].bytes == bytes) {
             x->grad = t->pool[i].p;
             t->pool[i] = t->pool[--t->n_pool];
-            memset(x->grad, 0, bytes);
-            x->grad_pooled = 1;
-            return x->grad;
         }
-    x->grad = ag_arena_zalloc(t->arena, bytes);
+    if (!x->grad) x->grad = ag_arena_alloc(t->arena, bytes);
     x->grad_pooled = 1;
     return x->grad;
+}
+
+float *ag_grad(ag_tape *t, ag_tensor *x) {
+    if (x->grad) return x->grad;
+    return memset(grad_take(t, x), 0, ag_numel(x) * sizeof(float));
+}
+
+float *ag_grad_overwrite(ag_tape *t, ag_tensor *x) {
+    AG_ASSERT(!x->grad, "ag_grad_overwrite on a tensor that already has a gradient");
+    return grad_take(t, x);
 }
 
 /* Gives an activation gradient back to the pool (its producer's backward has run). */

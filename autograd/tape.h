@@ -83,6 +83,8 @@ ag_tensor *ag_new(ag_tape *t, int rows, int cols);
 float *ag_scratch(ag_tape *t, size_t n);
 /* x->grad, zeroed, from the gradient pool or the arena when still NULL. */
 float *ag_grad(ag_tape *t, ag_tensor *x);
+/* A new, uninitialised x->grad for a backward that writes every element (x->grad must be NULL). */
+float *ag_grad_overwrite(ag_tape *t, ag_tensor *x);
 
 /* Runs the tape backwards from a scalar loss [1,1], seeding dloss = seed (1 for a plain
  * gradient, 1/accum_iter for gradient accumulation). Aborts with a fix-it message on a
