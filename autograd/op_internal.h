@@ -14,6 +14,11 @@ void ag_gather_backward(ag_tape *t, ag_entry *e);
 void ag_attention_backward(ag_tape *t, ag_entry *e);
 void ag_gate_backward(ag_tape *t, ag_entry *e);
 void ag_cross_entropy_backward(ag_tape *t, ag_entry *e);
+void ag_checkpoint_backward(ag_tape *t, ag_entry *e);
+
+/* Runs the backward of every entry whose output has a gradient, newest first (ag_backward and
+ * the checkpoint op's sub-tape). */
+void ag_tape_replay(ag_tape *t);
 
 /* An input's gradient buffer if it requires one, else NULL. */
 static inline float *ag_grad_if(ag_tape *t, ag_tensor *x) {

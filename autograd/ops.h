@@ -35,4 +35,11 @@ ag_tensor *ag_attention(ag_tape *t, ag_tensor *q, ag_tensor *k, ag_tensor *v, ag
 /* Mean cross-entropy of logits [N, V] against targets[N] (0 = ignored) as a [1,1] tensor;
  * 0 with zero gradient when no row counts. *count (may be NULL) gets the counted rows. */
 ag_tensor *ag_cross_entropy(ag_tape *t, ag_tensor *logits, const int *targets, int *count);
+
+/* Gradient checkpointing: y = fn(t, ctx, x) [same shape as x] computed without keeping what fn
+ * allocates; the backward re-runs fn on x under a tape of its own and backpropagates through it
+ * (bit-identical gradients, one more forward of fn). Records when x requires a gradient or
+ * params_need_grad (fn reads trainable tensors). ctx must live until backward (e.g. arena). */
+typedef ag_tensor *(*ag_block_fn)(ag_tape *t, void *ctx, ag_tensor *x);
+ag_tensor *ag_checkpoint(ag_tape *t, ag_block_fn fn, void *ctx, ag_tensor *x, int params_need_grad);
 #endif

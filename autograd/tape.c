@@ -22,6 +22,7 @@ static const op_info OPS[] = {
     [AG_OP_ATTENTION] = {"attention", ag_attention_backward},
     [AG_OP_GATE] = {"gate", ag_gate_backward},
     [AG_OP_CROSS_ENTROPY] = {"cross_entropy", ag_cross_entropy_backward},
+    [AG_OP_CHECKPOINT] = {"checkpoint", ag_checkpoint_backward},
 };
 _Static_assert(sizeof OPS / sizeof OPS[0] == AG_OP_COUNT, "OPS table out of step with ag_op");
 
@@ -133,7 +134,7 @@ void ag_hook_end(ag_tape *t, ag_op op, const ag_tensor *out, ag_tensor *const *s
     if (t->hook) t->hook(t->hook_ctx, t, op, 0, out, src, omp_get_wtime() - t0);
 }
 
-static void replay(ag_tape *t) {
+void ag_tape_replay(ag_tape *t) {
     for (int i = t->n - 1; i >= 0; i--) {
         ag_entry *e = &t->entries[i];
         if (!e->out->grad) continue; /* nothing flowed into this output */
@@ -152,14 +153,14 @@ void ag_backward(ag_tape *t, ag_tensor *loss, float seed) {
               "the loss does not depend on any trainable tensor: set requires_grad on the "
               "parameters (and give them gradient buffers) before the forward pass");
     ag_grad(t, loss)[0] += seed;
-    replay(t);
+    ag_tape_replay(t);
 }
 
 void ag_backward_from(ag_tape *t, ag_tensor *out, const float *dout) {
     AG_ASSERT(out->requires_grad, "backward from a tensor that no recorded op produced");
     float *g = ag_grad(t, out);
     for (size_t i = 0; i < ag_numel(out); i++) g[i] += dout[i];
-    replay(t);
+    ag_tape_replay(t);
 }
 
 void ag_tape_dump(const ag_tape *t, FILE *f) {

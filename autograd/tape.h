@@ -26,6 +26,7 @@ typedef enum {
     AG_OP_ATTENTION,
     AG_OP_GATE,
     AG_OP_CROSS_ENTROPY,
+    AG_OP_CHECKPOINT,
     AG_OP_COUNT
 } ag_op;
 
@@ -60,6 +61,8 @@ typedef struct ag_tape {
     ag_entry *entries;
     int n, cap;
     int no_grad;      /* 1: record nothing, outputs never require gradients */
+    int checkpoint;   /* 1: model code wraps its recorded blocks in ag_checkpoint (recompute them in
+                       * backward instead of keeping their activations); the tape itself ignores it */
     ag_stats stats;
     float *scratch;   /* workspace whose life ends inside one kernel call (owned, grows) */
     size_t scratch_cap;

@@ -103,6 +103,16 @@ void *mf_alloc(model_weights *w, size_t bytes) {
     return b;
 }
 
+int model_is_mapped(const model_weights *w, const ag_tensor *t) {
+    const model_priv *p = w->priv;
+    const char *d = t->data;
+    if (!p || !d) return 0;
+    if (p->map && d >= (const char *)p->map && d < (const char *)p->map + p->map_size) return 1;
+    for (int i = 0; i < p->n_st; i++)
+        if (d >= (const char *)p->st[i].map && d < (const char *)p->st[i].map + p->st[i].size) return 1;
+    return 0;
+}
+
 /* Releases mappings and owned buffers (not the layer array). */
 static void priv_free(model_priv *p) {
     if (!p) return;

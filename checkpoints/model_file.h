@@ -71,6 +71,10 @@ int model_save_hf(const char *dir, const model_weights *w, ag_dtype dtype, size_
                   char *err, size_t errlen);
 int model_save_llama2c(const char *path, const model_weights *w, char *err, size_t errlen);
 
+/* 1 when t's data points into a file mapping (shared page cache, no copy), 0 when it is a
+ * buffer the loader converted or copied (HF q/k un-permutation, f32 norms, mixed dtypes). */
+int model_is_mapped(const model_weights *w, const ag_tensor *t);
+
 /* Parameter counts. */
 size_t model_param_count(const llama_config *cfg);
 #endif

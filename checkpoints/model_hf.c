@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -403,6 +404,11 @@ static int load_tensors(model_weights *w, const char *where, char *err, size_t e
             int r = s.perm_heads ? mf_meta_to_hf_row(m, hd) : m;
             mf_convert(buf + (size_t)m * s.cols * ts, td, (const char *)t->data + (size_t)r * s.cols * ss, sd, (size_t)s.cols);
         }
+        /* the source pages are read once: give them back so the model costs one copy, not two
+         * (the file stays in the page cache; only whole pages inside the tensor are dropped) */
+        uintptr_t a = ((uintptr_t)t->data + 4095) & ~(uintptr_t)4095;
+        uintptr_t e = ((uintptr_t)t->data + (size_t)s.rows * s.cols * ss) & ~(uintptr_t)4095;
+        if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
         *dst = ag_tensor_of(buf, s.rows, s.cols, td);
     }
     if (c->tied) w->cls = w->tok_emb;

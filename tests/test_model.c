@@ -363,6 +363,88 @@ static void test_full_mode_gradients(void) {
     model_free(&w);
 }
 
+/* Loss and gradients of one micro-batch with the tape in checkpoint mode or not; returns the
+ * loss, fills g (tr.n floats), the arena high-water mark and the GEMM counts. */
+static float loss_grads(const model_weights *w, trainable *tr, int adapter, const mbuf *b, int checkpoint, float *g,
+                        size_t *high, ag_stats *stats) {
+    ag_arena arena;
+    ag_arena_init(&arena, 1 << 16);
+    ag_tape t;
+    ag_tape_init(&t, &arena);
+    t.checkpoint = checkpoint;
+    trainable_zero_grad(tr);
+    ag_tensor *loss = llama_loss(&t, w, adapter ? tr : NULL, &b->mb, NULL);
+    ag_backward(&t, loss, 0.5f);
+    float l = ag_f32(loss)[0];
+    memcpy(g, tr->g, tr->n * sizeof(float));
+    *high = arena.high;
+    *stats = t.stats;
+    ag_tape_free(&t);
+    ag_arena_free(&arena);
+    return l;
+}
+
+/* Gradient checkpointing (recompute each recorded layer in backward) changes no bit: adapter
+ * training with GQA on f32 and on bf16 weights, and full fine-tuning; and it keeps less. */
+static void test_recompute_is_bit_identical(void) {
+    for (int variant = 0; variant < 3; variant++) {
+        llama_config c = tiny_config(4, 2, variant == 2);
+        c.n_layers = 4;
+        model_weights w;
+        CHECK(model_init_random(&w, &c, 11 + variant, 0.3f) == 0, "random model");
+        if (variant == 1) { /* bf16 weights, as a HF BF16 file keeps them (in place: the f32 buffer is larger) */
+            for (int l = 0; l < c.n_layers; l++) {
+                llama_layer_weights *L = &w.layers[l];
+                ag_tensor *m[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w1, &L->w2, &L->w3};
+                for (int i = 0; i < 7; i++) {
+                    size_t n = ag_numel(m[i]);
+                    uint16_t *h = malloc(n * 2);
+                    for (size_t k = 0; k < n; k++) h[k] = ag_f32_to_bf16(ag_f32(m[i])[k]);
+                    memcpy(m[i]->data, h, n * 2);
+                    m[i]->dtype = AG_BF16;
+                    free(h);
+                }
+            }
+        }
+        trainable tr;
+        char err[256];
+        int adapter = variant != 2;
+        if (adapter) {
+            CHECK(trainable_adapter_init(&tr, &c, 3, 3, AG_GATE_TANH, 5, err, sizeof err) == 0, "%s", err);
+            for (int j = 0; j < 3 * c.n_heads; j++) tr.p[3 * 3 * c.dim + j] = 0.3f * (float)(j % 5) - 0.6f;
+        } else {
+            CHECK(trainable_full_init(&tr, &w, err, sizeof err) == 0, "%s", err);
+        }
+        int lens[3] = {9, 2, 13};
+        mbuf b;
+        make_batch(&b, lens, 3, c.vocab_size, 21);
+        float *g0 = malloc(tr.n * sizeof(float)), *g1 = malloc(tr.n * sizeof(float));
+        size_t h0, h1;
+        ag_stats s0, s1;
+        float l0 = loss_grads(&w, &tr, adapter, &b, 0, g0, &h0, &s0);
+        float l1 = loss_grads(&w, &tr, adapter, &b, 1, g1, &h1, &s1);
+        const char *what[] = {"adapter, f32 weights", "adapter, bf16 weights", "full fine-tuning"};
+        CHECK(memcmp(&l0, &l1, sizeof l0) == 0, "%s: loss %.9g vs %.9g with recompute", what[variant], l0, l1);
+        size_t diff = 0, nonzero = 0;
+        for (size_t i = 0; i < tr.n; i++) {
+            diff += memcmp(&g0[i], &g1[i], sizeof(float)) != 0;
+            nonzero += g0[i] != 0;
+        }
+        CHECK(diff == 0, "%s: %zu of %zu gradients differ with recompute", what[variant], diff, tr.n);
+        CHECK(nonzero > tr.n / 2, "%s: only %zu of %zu gradients are non-zero", what[variant], nonzero, tr.n);
+        CHECK(s1.gemm_forward > s0.gemm_forward && s1.gemm_dx == s0.gemm_dx && s1.gemm_dw == s0.gemm_dw,
+              "%s: GEMMs forward %lld -> %lld, dx %lld -> %lld, dW %lld -> %lld", what[variant], (long long)s0.gemm_forward,
+              (long long)s1.gemm_forward, (long long)s0.gemm_dx, (long long)s1.gemm_dx, (long long)s0.gemm_dw,
+              (long long)s1.gemm_dw);
+        CHECK(h1 < h0, "%s: arena high-water %zu with recompute, %zu without", what[variant], h1, h0);
+        printf("  %s: loss %.7g, %zu gradients bit-identical; arena %zu -> %zu bytes\n", what[variant], l0, tr.n, h0, h1);
+        free(g0);
+        free(g1);
+        trainable_free(&tr);
+        model_free(&w);
+    }
+}
+
 /* With every gate 0 the adapted model computes the base model exactly. */
 static void test_zero_init_equals_base_model(void) {
     llama_config c = tiny_config(4, 2, 0);
@@ -585,6 +667,7 @@ int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     RUN(test_loss_and_adapter_gradients_match_double_model);
     RUN(test_full_mode_gradients);
+    RUN(test_recompute_is_bit_identical);
     RUN(test_zero_init_equals_base_model);
     RUN(test_hf_and_llama2c_files_give_same_logits);
     RUN(test_stories260k_matches_plain_forward);

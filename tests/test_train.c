@@ -16,10 +16,11 @@
 #include "checkpoints/model_file.h"
 #include "data/tok.h"
 #include "tests/test.h"
+#include "trainer/memory.h"
 #include "trainer/optim.h"
 #include "trainer/params.h"
 
-static char dir[256], model_dir[300], other_model[300], tok_path[300], data_path[300];
+static char dir[256], model_dir[300], bf16_model[300], other_model[300], tok_path[300], data_path[300];
 static const char *bin;
 
 static const char *WORDS[] = {"apple", "river", "stone", "cloud", "green", "table", "music", "light",
@@ -63,7 +64,10 @@ static int make_fixture(void) {
     model_weights w;
     snprintf(model_dir, sizeof model_dir, "%s/model", dir);
     snprintf(other_model, sizeof other_model, "%s/other", dir);
-    if (model_init_random(&w, &c, 1, 0.2f) || model_save_hf(model_dir, &w, AG_F32, 0, err, sizeof err)) return -1;
+    snprintf(bf16_model, sizeof bf16_model, "%s/model_bf16", dir);
+    if (model_init_random(&w, &c, 1, 0.2f) || model_save_hf(model_dir, &w, AG_F32, 0, err, sizeof err) ||
+        model_save_hf(bf16_model, &w, AG_BF16, 0, err, sizeof err))
+        return -1;
     model_free(&w);
     if (model_init_random(&w, &c, 2, 0.2f) || model_save_hf(other_model, &w, AG_F32, 0, err, sizeof err)) return -1;
     model_free(&w);
@@ -282,6 +286,88 @@ static void expect_fail(const char *args, const char *needle) {
     CHECK(err && strstr(err, needle), "'%s': message '%s' lacks '%s'", args, err ? err : "", needle);
     free(err);
 }
+
+/* --recompute on and off train the same numbers: every metrics line's loss and lr byte for
+ * byte and the final adapter and AdamW moments bit for bit, on the f32 and the bf16 copy of the
+ * GQA model, with accumulation and shuffling. */
+static void test_recompute_on_off_bit_identical(void) {
+    const char *models[2] = {model_dir, bf16_model};
+    for (int m = 0; m < 2; m++) {
+        char a[400], b[400];
+        snprintf(a, sizeof a, "%s/rc_off_%d", dir, m);
+        snprintf(b, sizeof b, "%s/rc_on_%d", dir, m);
+        const char *opts = "--epochs 2 --warmup-epochs 1 --accum-iter 2 --seed 3 --max-steps 6";
+        int st = test_sh("%s train " COMMON " %s --recompute off --out %s > %s/rc_off.log 2>&1", bin, models[m], tok_path,
+                         data_path, opts, a, dir);
+        CHECK(st == 0, "recompute off: exit %d", st);
+        st = test_sh("%s train " COMMON " %s --recompute on --out %s > %s/rc_on.log 2>&1", bin, models[m], tok_path, data_path,
+                     opts, b, dir);
+        CHECK(st == 0, "recompute on: exit %d", st);
+        char log[400], *text;
+        snprintf(log, sizeof log, "%s/rc_on.log", dir);
+        text = test_read_file(log, NULL);
+        CHECK(text && strstr(text, "recompute: on (--recompute"), "the startup lines name the recompute choice");
+        free(text);
+        metrics ma, mb;
+        read_metrics(a, &ma);
+        read_metrics(b, &mb);
+        CHECK(ma.n == 6 && mb.n == 6, "%s: 6 metrics lines each (got %d and %d)", models[m], ma.n, mb.n);
+        for (int i = 0; i < ma.n && i < mb.n; i++) {
+            const char *keys[] = {"loss", "lr", "tokens"};
+            for (int k = 0; k < 3; k++) {
+                char x[64], y[64];
+                raw_field(ma.lines[i], keys[k], x, sizeof x);
+                raw_field(mb.lines[i], keys[k], y, sizeof y);
+                CHECK(!strcmp(x, y) && x[0], "%s step %d %s: %s (off) vs %s (on)", m ? "bf16" : "f32", i + 1, keys[k], x, y);
+            }
+        }
+        char ca[500], cb[500];
+        snprintf(ca, sizeof ca, "%s/ckpt-00000006.h5", a);
+        snprintf(cb, sizeof cb, "%s/ckpt-00000006.h5", b);
+        CHECK(same_checkpoint_params(ca, cb), "%s: final adapters or moments differ with recompute", m ? "bf16" : "f32");
+    }
+}
+
+/* A run whose memory estimate exceeds the budget stops before it reads any data: the data
+ * path here does not exist, and the message is about memory, with the flags that lower it. */
+static void test_memory_budget_refusal(void) {
+    char args[2000];
+    snprintf(args, sizeof args, "train --model %s --tokenizer %s --data %s/no-such-data.json --memory-budget 2M --out %s/mb",
+             model_dir, tok_path, dir, dir);
+    expect_fail(args, "memory budget is 2.0 MiB");
+    expect_fail(args, "--batch-size");
+    snprintf(args, sizeof args, "train --model %s --tokenizer %s --data %s --memory-budget lots --out %s/mb", model_dir, tok_path,
+             data_path, dir);
+    expect_fail(args, "--memory-budget 'lots'");
+    snprintf(args, sizeof args, "train --model %s --tokenizer %s --data %s --recompute maybe --out %s/mb", model_dir, tok_path,
+             data_path, dir);
+    expect_fail(args, "--recompute 'maybe'");
+    snprintf(args, sizeof args, "eval --model %s --tokenizer %s --data %s/no-such-data.json --memory-budget 2M", model_dir,
+             tok_path, dir);
+    expect_fail(args, "memory budget is 2.0 MiB");
+    /* auto with a budget between the plan with and without recomputation turns it on */
+    model_weights w;
+    char err[512];
+    CHECK(model_load(model_dir, &w, err, sizeof err) == 0, "%s", err);
+    struct stat sd;
+    stat(data_path, &sd);
+    mem_plan on = mem_plan_train(&w, 2, 3, 0, 4 * 256, 1, 2, (double)sd.st_size);
+    mem_plan off = mem_plan_train(&w, 2, 3, 0, 4 * 256, 0, 2, (double)sd.st_size);
+    model_free(&w);
+    CHECK(on.activations < off.activations, "recomputation must plan fewer activation bytes (%.0f vs %.0f)", on.activations,
+          off.activations);
+    char *out = NULL;
+    snprintf(args, sizeof args,
+             "train --model %s --tokenizer %s --data %s --batch-size 4 --max-seq-len 256 --adapter-len 2 --adapter-layer 3 "
+             "--max-steps 1 --threads 2 --memory-budget %.0f --out %s/mb_auto",
+             model_dir, tok_path, data_path, (on.total + off.total) / 2, dir);
+    int st = test_run_bin(dir, args, &out, NULL);
+    CHECK(st == 0, "auto recompute run: exit %d", st);
+    CHECK(out && strstr(out, "recompute: on (auto, the run does not fit the budget without it"), "auto must turn recompute on: %s",
+          out ? out : "");
+    free(out);
+}
+
 
 static void test_resume_refuses_other_model_or_shape(void) {
     char args[2000], b[400];
@@ -590,6 +676,8 @@ int main(void) {
     RUN(test_presets_parse);
     RUN(test_full_method_pretrains_on_text);
     RUN(test_data_parallel_equals_accumulation);
+    RUN(test_recompute_on_off_bit_identical);
+    RUN(test_memory_budget_refusal);
     if (!getenv("KEEP_TMP")) test_rmtree(dir);
     else printf("kept %s\n", dir);
     return TEST_MAIN_END("test_train");

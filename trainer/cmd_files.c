@@ -1,5 +1,6 @@
 /* The `export` and `inspect` subcommands: adapter exports from checkpoints, and descriptions of
  * model files, checkpoints and adapter files (data files go to cmd_inspect_data). */
+#include <omp.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include "checkpoints/model_file.h"
 #include "trainer/args.h"
 #include "trainer/cli.h"
+#include "trainer/memory.h"
 
 int cmd_export(int argc, char **argv) {
     const char *adapter = NULL, *format = "safetensors", *out = NULL;
@@ -63,16 +65,6 @@ int cmd_export(int argc, char **argv) {
 
 static const char *dtype_name(ag_dtype d) { return d == AG_F32 ? "f32" : d == AG_F16 ? "f16" : "bf16"; }
 
-static void human(char *buf, size_t n, double bytes) {
-    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int i = 0;
-    while (bytes >= 1024 && i < 4) {
-        bytes /= 1024;
-        i++;
-    }
-    snprintf(buf, n, "%.1f %s", bytes, u[i]);
-}
-
 static int inspect_model(const char *path, int K, int L, int seq, int batch) {
     char err[1024];
     model_weights w;
@@ -83,23 +75,33 @@ static int inspect_model(const char *path, int K, int L, int seq, int batch) {
     const llama_config *c = &w.cfg;
     if (L > c->n_layers) L = c->n_layers;
     size_t frozen = model_param_count(c), trainable = (size_t)L * K * c->dim + (size_t)L * c->n_heads;
-    size_t wbytes = 0;
-    wbytes += ag_numel(&w.tok_emb) * ag_dtype_size(w.tok_emb.dtype);
-    for (int l = 0; l < c->n_layers; l++) {
-        const llama_layer_weights *y = &w.layers[l];
-        const ag_tensor *t[] = {&y->attn_norm, &y->wq, &y->wk, &y->wv, &y->wo, &y->ffn_norm, &y->w1, &y->w2, &y->w3};
-        for (int i = 0; i < 9; i++) wbytes += ag_numel(t[i]) * ag_dtype_size(t[i]->dtype);
+    int threads = omp_get_max_threads(), T = seq * batch;
+    mem_plan off = mem_plan_train(&w, K, L, 0, T, 0, threads, 0), on = mem_plan_train(&w, K, L, 0, T, 1, threads, 0);
+    mem_plan ev = mem_plan_eval(&w, T, threads, 0);
+    double mapped = 0, wbytes = mem_weight_bytes(&w, &mapped);
+    /* which tensors are served from the file mapping and which were converted at load */
+    const char *kinds[9] = {"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"};
+    char mapped_list[256] = "", conv_list[256] = "";
+    for (int k = 0; k < 11; k++) {
+        const ag_tensor *t = k < 9 ? (const ag_tensor *[9]){&w.layers[0].attn_norm, &w.layers[0].wq, &w.layers[0].wk,
+                                                            &w.layers[0].wv, &w.layers[0].wo, &w.layers[0].ffn_norm,
+                                                            &w.layers[0].w1, &w.layers[0].w2, &w.layers[0].w3}[k]
+                               : k == 9 ? &w.tok_emb : &w.cls;
+        const char *name = k < 9 ? kinds[k] : k == 9 ? "embedding" : "output";
+        if (k == 10 && c->tied) continue;
+        char *dst = model_is_mapped(&w, t) ? mapped_list : conv_list;
+        size_t at = strlen(dst);
+        snprintf(dst + at, sizeof mapped_list - at, "%s%s", at ? " " : "", name);
     }
-    wbytes += ag_numel(&w.norm) * 4 + (c->tied ? 0 : ag_numel(&w.cls) * ag_dtype_size(w.cls.dtype));
-    /* activations kept for backward per token and adapted layer (f32): x, norms, q,k,v, roped
-     * q,k, attention out, wo out, residual, w1/w3/swiglu outputs, w2 out, gradients alike */
-    int kvd = c->n_kv_heads * (c->dim / c->n_heads);
-    double per_tok_layer = 4.0 * (8.0 * c->dim + 4.0 * kvd + 3.0 * c->hidden_dim) * 2;
-    double act = per_tok_layer * seq * batch * L;
-    char b1[32], b2[32], b3[32];
-    human(b1, sizeof b1, (double)wbytes);
-    human(b2, sizeof b2, act);
-    human(b3, sizeof b3, 16.0 * trainable);
+    char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32], b7[32], b8[32];
+    mem_human(b1, sizeof b1, wbytes);
+    mem_human(b2, sizeof b2, mapped);
+    mem_human(b3, sizeof b3, off.trainable);
+    mem_human(b4, sizeof b4, off.activations);
+    mem_human(b5, sizeof b5, on.activations);
+    mem_human(b6, sizeof b6, off.total);
+    mem_human(b7, sizeof b7, on.total);
+    mem_human(b8, sizeof b8, ev.total);
     printf("model:        %s (%s)\n", path, w.format);
     printf("architecture: dim %d, %d layers, %d heads, %d kv heads (head dim %d), hidden %d, vocab %d%s\n", c->dim,
            c->n_layers, c->n_heads, c->n_kv_heads, c->dim / c->n_heads, c->hidden_dim, c->vocab_size,
@@ -108,8 +110,11 @@ static int inspect_model(const char *path, int K, int L, int seq, int batch) {
            c->rope_theta, c->max_seq_len);
     printf("parameters:   %zu frozen; adapter K=%d L=%d: %zu trainable (%.4f%%)\n", frozen, K, L, trainable,
            100.0 * trainable / (double)frozen);
-    printf("memory:       weights %s; adapter + grads + AdamW %s; activations ~%s at batch %d x %d tokens\n", b1, b3,
-           b2, batch, seq);
+    printf("weights:      %s in memory, %s of it mapped from the file (%s); converted at load: %s\n", b1, b2,
+           mapped_list[0] ? mapped_list : "none", conv_list[0] ? conv_list : "none");
+    printf("memory:       training at batch %d x %d tokens, K=%d L=%d: activations %s (recompute off) or %s (recompute on); "
+           "adapter + grads + AdamW %s\n", batch, seq, K, L, b4, b5, b3);
+    printf("              whole run ~%s (recompute off), ~%s (recompute on); eval/generate ~%s\n", b6, b7, b8);
     printf("fingerprint:  %016llx\n", (unsigned long long)w.fingerprint);
     model_free(&w);
     return 0;

@@ -7,12 +7,15 @@
 #include <string.h>
 
 #include "trainer/args.h"
+#include "trainer/memory.h"
 
 void train_config_defaults(train_config *c) {
     memset(c, 0, sizeof *c);
     c->method = "adapter";
     c->gate_act = "tanh";
     c->data_format = "auto";
+    c->recompute = "auto";
+    c->memory_budget = "auto";
     c->out = "runs/latest";
     c->adapter_len = 10;
     c->adapter_layer = 30;
@@ -74,6 +77,8 @@ void train_config_defaults(train_config *c) {
     {"eval-every", ARG_INT, &(c)->eval_every, "validation loss every N steps too (0: epoch ends only)", 0},  \
     {"log-every", ARG_INT, &(c)->log_every, "a progress line every N steps when not on a terminal", 0},     \
     {"threads", ARG_INT, &(c)->threads, "OpenMP/OpenBLAS threads (0: all cores)", 0},                       \
+    {"recompute", ARG_STR, &(c)->recompute, "auto | on | off: keep only each adapted layer's input and recompute the layer in backward (auto: on when the run would not fit the memory budget)", 0}, \
+    {"memory-budget", ARG_STR, &(c)->memory_budget, "auto (memory available at start-up minus 5%) or a size such as 20G: a run whose estimate exceeds it stops before loading the data", 0}, \
 
 
 /* JSON keys: flag names with '-' -> '_'. `path` names the source in messages. The parsed tree
@@ -215,6 +220,11 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
              c->val_split >= 0 && c->threads >= 0,
          "counts (max-steps, save-every, keep, eval-every, log-every, val-split, threads) must be >= 0");
     NEED(!(c->val_data && c->val_split), "give --val-data or --val-split, not both");
+    NEED(c->recompute && (!strcmp(c->recompute, "auto") || !strcmp(c->recompute, "on") || !strcmp(c->recompute, "off")),
+         "--recompute '%s': expected auto, on or off", c->recompute ? c->recompute : "(null)");
+    double budget;
+    NEED(mem_parse_size(c->memory_budget, &budget) == 0, "--memory-budget '%s': expected auto or a size such as 20G, 512M",
+         c->memory_budget ? c->memory_budget : "(null)");
     NEED(!(c->resume && c->init_adapter), "--resume continues a run; --init-adapter starts a new one: not both");
     return 0;
 #undef NEED

@@ -4,11 +4,13 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "checkpoints/adapter_file.h"
 #include "trainer/args.h"
 #include "trainer/cli.h"
 #include "trainer/llama.h"
+#include "trainer/memory.h"
 
 eval_result eval_dataset(ag_tape *t, const model_weights *w, const trainable *ad, const dataset *d, int batch_size) {
     eval_result r = {0, 0, 0, 0};
@@ -51,7 +53,7 @@ int load_adapter_for(const char *path, const model_weights *w, int default_len, 
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *tokp = NULL, *data = NULL, *adapter = NULL, *format = "auto";
+    const char *model = NULL, *tokp = NULL, *data = NULL, *adapter = NULL, *format = "auto", *budget_s = "auto";
     int max_seq_len = 512, batch_size = 4, adapter_len = 10, threads = 0;
     arg_spec specs[] = {
         {"model", ARG_STR, &model, "base model: HF Llama directory or llama2.c .bin", 0},
@@ -63,6 +65,7 @@ int cmd_eval(int argc, char **argv) {
         {"max-seq-len", ARG_INT, &max_seq_len, "truncate examples to this many tokens", 0},
         {"batch-size", ARG_INT, &batch_size, "examples per forward pass", 0},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0},
+        {"memory-budget", ARG_STR, &budget_s, "auto (memory available at start-up minus 5%) or a size such as 20G", 0},
     };
     int r = args_parse("eval", "--model M --tokenizer T --data D [--adapter A] [options]", argc, argv, specs,
                        (int)(sizeof specs / sizeof specs[0]), NULL, 0, NULL);
@@ -73,6 +76,11 @@ int cmd_eval(int argc, char **argv) {
     }
     if (max_seq_len < 2 || batch_size < 1 || threads < 0) {
         fprintf(stderr, "llama-adapter eval: --max-seq-len >= 2, --batch-size >= 1, --threads >= 0 expected\n");
+        return 2;
+    }
+    double budget = 0;
+    if (mem_parse_size(budget_s, &budget)) {
+        fprintf(stderr, "llama-adapter eval: --memory-budget '%s': expected auto or a size such as 20G, 512M\n", budget_s);
         return 2;
     }
     if (threads > 0) omp_set_num_threads(threads);
@@ -88,6 +96,25 @@ int cmd_eval(int argc, char **argv) {
     if (model_load(model, &w, err, sizeof err)) {
         fprintf(stderr, "llama-adapter eval: %s\n", err);
         return 1;
+    }
+    { /* the memory plan, before the data is read */
+        struct stat st;
+        mem_plan p = mem_plan_eval(&w, batch_size * max_seq_len, omp_get_max_threads(),
+                                   stat(data, &st) == 0 ? (double)st.st_size : 0);
+        int from_flag = budget > 0;
+        if (!from_flag) budget = mem_default_budget();
+        if (budget > 0 && p.total > budget) {
+            char need[32], have[32], wb[32];
+            mem_human(need, sizeof need, p.total);
+            mem_human(have, sizeof have, budget);
+            mem_human(wb, sizeof wb, p.weights);
+            fprintf(stderr, "llama-adapter eval: this run needs about %s (weights %s) but the memory budget is %s (%s): lower it "
+                            "with --batch-size (now %d) or --max-seq-len (now %d)%s\n",
+                    need, wb, have, from_flag ? "--memory-budget" : "available memory minus 5%", batch_size, max_seq_len,
+                    from_flag ? ", or raise --memory-budget" : "");
+            model_free(&w);
+            return 1;
+        }
     }
     if (!(tk = tok_load(tokp, err, sizeof err)) || data_load(data, format, &raw, err, sizeof err) ||
         dataset_build(&d, &raw, tk, max_seq_len, err, sizeof err) ||

@@ -29,6 +29,19 @@ static ag_tensor *layer_forward(ag_tape *t, const model_weights *w, int l, const
     return ag_add(t, x, f);
 }
 
+/* layer_forward as an ag_block_fn, for gradient checkpointing */
+typedef struct layer_ctx {
+    const model_weights *w;
+    const trainable *ad;
+    const int *pos, *seq_off;
+    int l, n_seq;
+} layer_ctx;
+
+static ag_tensor *layer_block(ag_tape *t, void *ctx, ag_tensor *x) {
+    const layer_ctx *c = ctx;
+    return layer_forward(t, c->w, c->l, c->ad, x, c->pos, c->seq_off, c->n_seq);
+}
+
 ag_tensor *llama_hidden(ag_tape *t, const model_weights *w, const trainable *ad, const int *ids,
                         const int *pos, const int *seq_off, int n_seq, int T) {
     const llama_config *c = &w->cfg;
@@ -40,6 +53,12 @@ ag_tensor *llama_hidden(ag_tape *t, const model_weights *w, const trainable *ad,
     for (int l = 0; l < c->n_layers; l++) {
         int records = !t->no_grad && (x->requires_grad || w->layers[l].wq.requires_grad ||
                                       (ad && l >= c->n_layers - ad->L));
+        if (records && t->checkpoint) { /* keep only the layer's input; recompute it in backward */
+            layer_ctx *lc = ag_arena_alloc(t->arena, sizeof *lc);
+            *lc = (layer_ctx){w, ad, pos, seq_off, l, n_seq};
+            x = ag_checkpoint(t, layer_block, lc, x, 1);
+            continue;
+        }
         if (records) {
             x = layer_forward(t, w, l, ad, x, pos, seq_off, n_seq);
             continue;

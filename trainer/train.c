@@ -27,6 +27,7 @@
 #include "trainer/dist.h"
 #include "trainer/eval.h"
 #include "trainer/llama.h"
+#include "trainer/memory.h"
 #include "trainer/optim.h"
 #include "trainer/params.h"
 
@@ -53,6 +54,8 @@ typedef struct run {
     int epoch;              /* cursor: next micro-batch */
     int64_t micro;
     int64_t last_saved;
+    int recompute;          /* gradient checkpointing of the recorded layers (from the memory plan) */
+    double est_activations; /* the plan's activation bytes for the longest micro-batch */
 } run;
 
 static int mkdir_p(const char *path, char *err, size_t errlen) {
@@ -173,6 +176,71 @@ static void fmt_duration(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%.0fs", s);
 }
 
+static double file_bytes(const char *path) {
+    struct stat st;
+    return path && stat(path, &st) == 0 ? (double)st.st_size : 0;
+}
+
+/* Peak resident set of this process so far (VmHWM), bytes; -1 when unknown. */
+static double peak_rss(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    double kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1) break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* The memory plan of the run, made before the data is read: chooses recomputation (--recompute
+ * auto: on when the run would not fit the budget without it) and refuses a run that cannot fit,
+ * saying what it needs, what there is and which flags lower it. */
+static int plan_memory(run *r, char *err, size_t errlen) {
+    train_config *c = r->c;
+    int full = !strcmp(c->method, "full"), L = full ? r->w.cfg.n_layers : c->adapter_layer;
+    int T = c->batch_size * c->max_seq_len, threads = omp_get_max_threads();
+    double data = file_bytes(c->data) + file_bytes(c->val_data);
+    mem_plan off = mem_plan_train(&r->w, c->adapter_len, L, full, T, 0, threads, data);
+    mem_plan on = mem_plan_train(&r->w, c->adapter_len, L, full, T, 1, threads, data);
+    double budget = 0;
+    mem_parse_size(c->memory_budget, &budget); /* validated already */
+    int from_flag = budget > 0;
+    if (!from_flag) budget = mem_default_budget();
+    r->recompute = !strcmp(c->recompute, "on") ? 1 : !strcmp(c->recompute, "off") ? 0 : budget > 0 && off.total > budget;
+    const mem_plan *p = r->recompute ? &on : &off;
+    r->est_activations = p->activations;
+    double mapped = 0;
+    mem_weight_bytes(&r->w, &mapped);
+    char b[8][32];
+    mem_human(b[0], 32, p->weights);
+    mem_human(b[1], 32, mapped);
+    mem_human(b[2], 32, p->activations);
+    mem_human(b[3], 32, p->trainable + p->workspace + p->data + p->base);
+    mem_human(b[4], 32, p->total);
+    mem_human(b[5], 32, budget > 0 ? budget : 0);
+    mem_human(b[6], 32, (r->recompute ? off : on).activations);
+    printf("memory plan: weights %s (%s mapped from the file), activations %s for %d x %d tokens, other %s: %s in all\n",
+           b[0], b[1], b[2], c->batch_size, c->max_seq_len, b[3], b[4]);
+    printf("recompute: %s (%s%s; %s of activations %s)\n", r->recompute ? "on" : "off", !strcmp(c->recompute, "auto") ? "auto, " : "",
+           !strcmp(c->recompute, "auto") ? (r->recompute ? "the run does not fit the budget without it" : "the run fits without it")
+                                         : "--recompute",
+           b[6], r->recompute ? "without it" : "with it");
+    if (budget > 0)
+        printf("memory budget: %s (%s)\n", b[5], from_flag ? "--memory-budget" : "available at start-up minus 5%");
+    fflush(stdout);
+    if (budget > 0 && p->total > budget) {
+        snprintf(err, errlen,
+                 "this run needs about %s (weights %s, activations %s%s) but the memory budget is %s (%s): lower it with %s"
+                 "--batch-size (now %d) or --max-seq-len (now %d)%s",
+                 b[4], b[0], b[2], r->recompute ? " with recomputation" : "", b[5],
+                 from_flag ? "--memory-budget" : "available memory minus 5%", r->recompute ? "" : "--recompute on, ",
+                 c->batch_size, c->max_seq_len, from_flag ? ", or raise --memory-budget" : "");
+        return -1;
+    }
+    return 0;
+}
+
 static int setup(run *r, char *err, size_t errlen) {
     train_config *c = r->c;
     if (model_load(c->model, &r->w, err, errlen)) return -1;
@@ -182,6 +250,7 @@ static int setup(run *r, char *err, size_t errlen) {
         c->adapter_layer = r->w.cfg.n_layers;
     }
     if (train_config_validate(c, r->w.cfg.n_layers, err, errlen)) return -1;
+    if (plan_memory(r, err, errlen)) return -1;
     if (!(r->tk = tok_load(c->tokenizer, err, errlen))) return -1;
     if (tok_vocab_size(r->tk) > r->w.cfg.vocab_size) {
         snprintf(err, errlen, "%s: tokenizer has %d pieces but the model's vocabulary is %d", c->tokenizer,
@@ -248,6 +317,7 @@ static int setup(run *r, char *err, size_t errlen) {
     }
     ag_arena_init(&r->arena, 1 << 24);
     ag_tape_init(&r->tape, &r->arena);
+    r->tape.checkpoint = r->recompute;
     return 0;
 }
 
@@ -301,8 +371,10 @@ static void warm_up(run *r) {
     trainable_zero_grad(&r->tr);
     ag_tape_reset(&r->tape);
     ag_arena_reset(&r->arena);
-    printf("memory: %.1f MB of activations for the longest micro-batch (%d tokens), %.2f s\n", r->arena.high / 1e6, mb->T,
-           omp_get_wtime() - t0);
+    double est = mem_activation_bytes(&r->w.cfg, mb->T, mb->n_loss, r->tr.is_adapter ? r->tr.L : r->w.cfg.n_layers,
+                                      r->recompute, r->tr.is_adapter ? r->tr.K : 0);
+    printf("memory: %.1f MB of activations for the longest micro-batch (%d tokens; estimate %.1f MB), peak RSS %.1f MB, %.2f s\n",
+           r->arena.high / 1e6, mb->T, est / 1e6, peak_rss() / 1e6, omp_get_wtime() - t0);
 }
 
 /* Returns 0 when done, 130 when interrupted (after the checkpoint), -1 on error. */
