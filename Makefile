@@ -42,7 +42,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 DEMO_SRC  := $(wildcard demo/*.c)
 DEMO_BIN  := $(DEMO_SRC:demo/%.c=$(BUILD)/demo/%)
 
-.PHONY: all test bench demo debug asan clean deps tests-build
+.PHONY: all test bench probe7b demo debug asan clean deps tests-build
 
 # all: the llama-adapter binary (build/llama-adapter).
 all: $(BIN)
@@ -56,12 +56,18 @@ test: deps
 	@$(MAKE) --no-print-directory tests-build
 	@sh tests/run_tests.sh $(BUILD)
 
-tests-build: $(BIN) $(TEST_BIN) $(DEMO_BIN)
+tests-build: $(BIN) $(TEST_BIN) $(DEMO_BIN) $(BENCH_BIN)
 
 # bench: speed figures (tables and ratios), never pass/fail; PyTorch as the peer when present.
 bench: deps
 	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
 	@sh bench/run_bench.sh $(BUILD)
+
+# probe7b: the 7B recipe on this machine: writes a 13.5 GB synthetic model once, one train step
+# and a short generation (peak RSS, memory plan, step time); not part of CI.
+probe7b: deps
+	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
+	@sh bench/probe_7b.sh $(BUILD)
 
 # demo: the built-in end-to-end story (offline, cached in demo_out/).
 demo: deps

@@ -469,6 +469,7 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
     if (tty) printf("\n");
     if (r->last_saved != r->step && save_checkpoint(r, err, errlen)) return -1;
     printf("checkpoint: %s/ckpt-%08lld.h5\n", c->out, (long long)r->step);
+    printf("peak RSS: %.1f MB\n", peak_rss() / 1e6);
     if (stop) {
         printf("interrupted by signal %d at step %lld; continue with: llama-adapter train --resume %s\n", stop,
                (long long)r->step, c->out);
