@@ -54,6 +54,7 @@ void ag_checkpoint_backward(ag_tape *t, ag_entry *e) {
     sub.scratch = t->scratch; /* borrowed, handed back below (it may grow) */
     sub.scratch_cap = t->scratch_cap;
     sub.hook = t->hook;
+    sub.bf16 = t->bf16;
     sub.hook_ctx = t->hook_ctx;
     ag_tensor *xc = ag_new(&sub, x->rows, x->cols);
     memcpy(xc->data, x->data, ag_numel(x) * sizeof(float));

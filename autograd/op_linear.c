@@ -3,6 +3,9 @@
  *              dx += dy W;  dW += dy^T x only when W requires a gradient (frozen: never).
  *   embedding: table [V, C], ids [T] -> out [T, C];  dtable[ids[t]] += dout[t]
  *   gather:    x [N, C], idx [n] -> out [n, C];     dx[idx[i]] += dout[i]
+ * Precision: with tape->bf16 the linear GEMMs of more than one row (forward, dx, dW) run in bf16
+ * (kn_gemm_bf16, products summed in f32) on the weights as they are stored; single rows
+ * (decoding) stay on the memory-bound f32/16-bit matvec, which bf16 would not speed up.
  * Reference: nn.Linear(bias=False), nn.Embedding, tensor indexing. */
 #include "autograd/kernels/kernels.h"
 #include "autograd/op_internal.h"
@@ -13,8 +16,14 @@ ag_tensor *ag_linear(ag_tape *t, ag_tensor *x, ag_tensor *W) {
     AG_ASSERT(x->cols == W->cols, "linear: x [%d,%d] vs W [%d,%d]", x->rows, x->cols, W->rows, W->cols);
     AG_ASSERT(!W->requires_grad || W->dtype == AG_F32, "linear: a trainable W must be f32");
     ag_tensor *y = ag_new(t, x->rows, W->rows);
-    float *work = ag_scratch(t, kn_linear_workspace(W->dtype, W->cols, W->rows));
-    kn_linear_forward(ag_f32(y), ag_f32(x), W->data, W->dtype, x->rows, W->cols, W->rows, work);
+    int T = x->rows, NI = W->cols, NO = W->rows;
+    if (t->bf16 && T > 1) {
+        void *work = ag_scratch(t, kn_gemm_bf16_workspace(T, NO, NI) / sizeof(float) + 1);
+        kn_gemm_bf16(0, 1, T, NO, NI, 1.0f, ag_f32(x), NI, W->data, W->dtype, NI, 0.0f, ag_f32(y), NO, work);
+    } else {
+        float *work = ag_scratch(t, kn_linear_workspace(W->dtype, NI, NO));
+        kn_linear_forward(ag_f32(y), ag_f32(x), W->data, W->dtype, T, NI, NO, work);
+    }
     t->stats.gemm_forward++;
     ag_tensor *src[2] = {x, W};
     if (ag_should_record(t, src, 2)) {
@@ -30,13 +39,24 @@ void ag_linear_backward(ag_tape *t, ag_entry *e) {
     ag_tensor *x = e->src[0], *W = e->src[1];
     const float *dy = e->out->grad;
     int T = x->rows, NI = W->cols, NO = W->rows;
+    int bf16 = t->bf16 && T > 1;
     if (x->requires_grad) {
-        float *work = ag_scratch(t, kn_linear_workspace(W->dtype, NI, NO));
-        kn_linear_backward_dx(ag_grad(t, x), dy, W->data, W->dtype, T, NI, NO, work);
+        if (bf16) {
+            void *work = ag_scratch(t, kn_gemm_bf16_workspace(T, NI, NO) / sizeof(float) + 1);
+            kn_gemm_bf16(0, 0, T, NI, NO, 1.0f, dy, NO, W->data, W->dtype, NI, 1.0f, ag_grad(t, x), NI, work);
+        } else {
+            float *work = ag_scratch(t, kn_linear_workspace(W->dtype, NI, NO));
+            kn_linear_backward_dx(ag_grad(t, x), dy, W->data, W->dtype, T, NI, NO, work);
+        }
         t->stats.gemm_dx++;
     }
     if (W->requires_grad) {
-        kn_linear_backward_dw(ag_grad(t, W), dy, ag_f32(x), T, NI, NO);
+        if (bf16) {
+            void *work = ag_scratch(t, kn_gemm_bf16_workspace(NO, NI, T) / sizeof(float) + 1);
+            kn_gemm_bf16(1, 0, NO, NI, T, 1.0f, dy, NO, ag_f32(x), AG_F32, NI, 1.0f, ag_grad(t, W), NI, work);
+        } else {
+            kn_linear_backward_dw(ag_grad(t, W), dy, ag_f32(x), T, NI, NO);
+        }
         t->stats.gemm_dw++;
     }
 }

@@ -61,6 +61,8 @@ typedef struct ag_tape {
     ag_entry *entries;
     int n, cap;
     int no_grad;      /* 1: record nothing, outputs never require gradients */
+    int bf16;         /* 1: linear layers multiply in bf16 (kn_gemm_bf16: operands rounded to bf16,
+                       * products summed in f32); 0: f32 (OpenBLAS sgemm), the exact path */
     int checkpoint;   /* 1: model code wraps its recorded blocks in ag_checkpoint (recompute them in
                        * backward instead of keeping their activations); the tape itself ignores it */
     ag_stats stats;

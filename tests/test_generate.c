@@ -481,12 +481,13 @@ static void test_sampler_shortcut_matches_brute_force_nucleus(void) {
 /* ---------------------------------------------------------------- the binary */
 
 
-/* Runs `BIN generate ARGS`; returns the exit status (-1 when it did not exit); stdout and
- * stderr (malloc'ed) into *out / *errt when not NULL. */
+/* Runs `BIN generate --precision f32 ARGS` (the library's exact path, which the ids are compared
+ * with); returns the exit status (-1 when it did not exit); stdout and stderr (malloc'ed) into
+ * *out / *errt when not NULL. */
 static int run_gen(const char *args, char **out, char **errt) {
-    size_t n = strlen(args) + 16;
+    size_t n = strlen(args) + 40;
     char *full = malloc(n);
-    snprintf(full, n, "generate %s", args);
+    snprintf(full, n, "generate --precision f32 %s", args);
     int st = test_run_bin(g_dir, full, out, errt);
     free(full);
     return st;

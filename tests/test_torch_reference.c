@@ -195,7 +195,7 @@ static void run_config(int ci) {
              c->batch, c->accum, MAX_LEN, c->lr, c->gate_act);
     char init_flag[420] = "";
     if (!full) snprintf(init_flag, sizeof init_flag, "--init-adapter %s", init);
-    int st = test_sh("%s train --model %s --tokenizer %s --data %s --out %s --method %s %s --no-shuffle --max-steps %d %s --log-every 0"
+    int st = test_sh("%s train --model %s --tokenizer %s --data %s --out %s --method %s %s --no-shuffle --max-steps %d %s --log-every 0 --precision f32"
                 " > %s.log 2>&1",
                 bin, model, tok_path, data_path, run, c->method, init_flag, STEPS, common, run);
     CHECK(st == 0, "C train (config %s) exit %d, see %s.log", c->name, st, run);
@@ -224,7 +224,7 @@ static void run_config(int ci) {
         }
         snprintf(target, sizeof target, "--model %s --adapter %s", model, exp_path);
     }
-    st = test_sh("%s eval %s --tokenizer %s --data %s --batch-size 4 --max-seq-len %d --threads 2 > %s 2>/dev/null", bin, target,
+    st = test_sh("%s eval %s --tokenizer %s --data %s --batch-size 4 --max-seq-len %d --threads 2 --precision f32 > %s 2>/dev/null", bin, target,
             tok_path, data_path, MAX_LEN, evalp);
     char *ev = test_read_file(evalp, NULL);
     o->c_eval = ev ? metric(ev, "loss") : NAN;

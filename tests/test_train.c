@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/kernels/kernels.h"
 #include "autograd/rng.h"
 #include "checkpoints/adapter_file.h"
 #include "checkpoints/model_file.h"
@@ -326,6 +327,42 @@ static void test_recompute_on_off_bit_identical(void) {
         snprintf(cb, sizeof cb, "%s/ckpt-00000006.h5", b);
         CHECK(same_checkpoint_params(ca, cb), "%s: final adapters or moments differ with recompute", m ? "bf16" : "f32");
     }
+}
+
+/* --precision bf16 (GEMM operands rounded to bf16, f32 sums) follows the f32 run: every step's
+ * loss within 1% over 12 steps of training, and the startup line names the path; the f32 run is
+ * the default's exact twin when the CPU has no AVX512-BF16 (then this SKIPs). */
+static void test_bf16_precision_tracks_f32(void) {
+    if (!kn_bf16_gemm_available()) SKIP("this CPU has no AVX512-BF16");
+    char a[400], b[400], log[400];
+    snprintf(a, sizeof a, "%s/prec_f32", dir);
+    snprintf(b, sizeof b, "%s/prec_bf16", dir);
+    const char *opts = "--epochs 2 --warmup-epochs 0.5 --seed 4 --max-steps 12 --lr 0.02";
+    int st = test_sh("%s train " COMMON " %s --precision f32 --out %s > %s/prec_f32.log 2>&1", bin, bf16_model, tok_path,
+                     data_path, opts, a, dir);
+    CHECK(st == 0, "f32 run: exit %d", st);
+    st = test_sh("%s train " COMMON " %s --precision bf16 --out %s > %s/prec_bf16.log 2>&1", bin, bf16_model, tok_path,
+                 data_path, opts, b, dir);
+    CHECK(st == 0, "bf16 run: exit %d", st);
+    snprintf(log, sizeof log, "%s/prec_bf16.log", dir);
+    char *text = test_read_file(log, NULL);
+    CHECK(text && strstr(text, "compute: bf16 on AVX512-BF16"), "the startup lines name the bf16 path");
+    free(text);
+    metrics ma, mb;
+    read_metrics(a, &ma);
+    read_metrics(b, &mb);
+    CHECK(ma.n == 12 && mb.n == 12, "12 metrics lines each (got %d and %d)", ma.n, mb.n);
+    double worst = 0;
+    int differ = 0;
+    for (int i = 0; i < ma.n && i < mb.n; i++) {
+        double lf = field(ma.lines[i], "loss"), lb = field(mb.lines[i], "loss");
+        double rel = fabs(lb - lf) / fabs(lf);
+        worst = fmax(worst, rel);
+        differ += lf != lb;
+        CHECK(rel < 0.01, "step %d: bf16 loss %.6f vs f32 %.6f (%.2f%%)", i + 1, lb, lf, 100 * rel);
+    }
+    CHECK(differ > 0, "bf16 and f32 losses are identical: the bf16 path did not run");
+    printf("  12 steps: bf16 loss within %.3f%% of f32 at every step\n", 100 * worst);
 }
 
 /* A run whose memory estimate exceeds the budget stops before it reads any data: the data
@@ -678,6 +715,7 @@ int main(void) {
     RUN(test_data_parallel_equals_accumulation);
     RUN(test_recompute_on_off_bit_identical);
     RUN(test_memory_budget_refusal);
+    RUN(test_bf16_precision_tracks_f32);
     if (!getenv("KEEP_TMP")) test_rmtree(dir);
     else printf("kept %s\n", dir);
     return TEST_MAIN_END("test_train");

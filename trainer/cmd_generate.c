@@ -17,6 +17,7 @@
 #include "trainer/args.h"
 #include "trainer/cli.h"
 #include "trainer/generate.h"
+#include "trainer/precision.h"
 #include "trainer/params.h"
 
 #define CMD "generate"
@@ -184,7 +185,8 @@ int cmd_generate(int argc, char **argv) {
                *prompt = NULL, *prompt_file = NULL, *prompt_ids = NULL;
     float temperature = 0.1f, top_p = 0.75f;
     long long seed = 0;
-    int max_new = 256, print_ids = 0, adapter_len = 10, threads = 0;
+    int max_new = 256, print_ids = 0, adapter_len = 10, threads = 0, bf16 = 0;
+    const char *precision = "auto";
     arg_spec specs[] = {
         {"model", ARG_STR, &model_path, "model: HF directory or llama2.c .bin (required)", 0},
         {"tokenizer", ARG_STR, &tok_path, "SentencePiece .model (not needed with --prompt-ids --print-ids)", 0},
@@ -201,6 +203,7 @@ int cmd_generate(int argc, char **argv) {
         {"print-ids", ARG_FLAG, &print_ids, "print generated token ids instead of text", 0},
         {"adapter-len", ARG_INT, &adapter_len, "adapter_len of an adapter file without metadata", 0},
         {"threads", ARG_INT, &threads, "OpenMP threads (0 = all)", 0},
+        {"precision", ARG_STR, &precision, "auto | f32 | bf16: GEMMs of prompt forwards (auto: bf16 where the CPU has AVX512-BF16)", 0},
     };
     int n_specs = (int)(sizeof specs / sizeof specs[0]);
     int rc = args_parse(CMD, USAGE_LINE, argc, argv, specs, n_specs, NULL, 0, NULL);
@@ -224,6 +227,8 @@ int cmd_generate(int argc, char **argv) {
     int *pid = NULL, n_pid = 0;
     if (prompt_ids && parse_ids(prompt_ids, &pid, &n_pid, err, sizeof err)) return usage(err);
     if (threads > 0) omp_set_num_threads(threads);
+    char pdesc[200], perr[300];
+    if (precision_resolve(precision, &bf16, pdesc, sizeof pdesc, perr, sizeof perr)) return usage(perr);
 
     /* ---- inputs (bad input, exit 1) ---- */
     int status = 1, n_items = 0;
@@ -338,6 +343,7 @@ int cmd_generate(int argc, char **argv) {
     int max_len = (int)(want > INT_MAX ? INT_MAX : want);
     if (c->max_seq_len > 0 && max_len > c->max_seq_len) max_len = c->max_seq_len;
     eng = gen_engine_new(&w, have_ad ? &ad : NULL, max_len, err, sizeof err);
+    if (eng) gen_engine_set_bf16(eng, bf16);
     if (!eng) {
         fail(err);
         goto done;
@@ -357,6 +363,7 @@ int cmd_generate(int argc, char **argv) {
     if (have_ad)
         fprintf(stderr, "generate: adapter_len %d, adapter_layer %d, gate %s\n", ad.K, ad.L,
                 ad.gate_act == GATE_TANH ? "tanh" : "identity");
+    fprintf(stderr, "generate: %s\n", pdesc);
     fprintf(stderr, "generate: temperature %g, top_p %g, seed %lld, max_new_tokens %d, threads %d\n",
             (double)temperature, (double)top_p, seed, max_new, omp_get_max_threads());
 

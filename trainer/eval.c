@@ -11,6 +11,7 @@
 #include "trainer/cli.h"
 #include "trainer/llama.h"
 #include "trainer/memory.h"
+#include "trainer/precision.h"
 
 eval_result eval_dataset(ag_tape *t, const model_weights *w, const trainable *ad, const dataset *d, int batch_size) {
     eval_result r = {0, 0, 0, 0};
@@ -53,7 +54,7 @@ int load_adapter_for(const char *path, const model_weights *w, int default_len, 
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *tokp = NULL, *data = NULL, *adapter = NULL, *format = "auto", *budget_s = "auto";
+    const char *model = NULL, *tokp = NULL, *data = NULL, *adapter = NULL, *format = "auto", *budget_s = "auto", *precision = "auto";
     int max_seq_len = 512, batch_size = 4, adapter_len = 10, threads = 0;
     arg_spec specs[] = {
         {"model", ARG_STR, &model, "base model: HF Llama directory or llama2.c .bin", 0},
@@ -65,6 +66,7 @@ int cmd_eval(int argc, char **argv) {
         {"max-seq-len", ARG_INT, &max_seq_len, "truncate examples to this many tokens", 0},
         {"batch-size", ARG_INT, &batch_size, "examples per forward pass", 0},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0},
+        {"precision", ARG_STR, &precision, "auto | f32 | bf16: GEMM precision (auto: bf16 where the CPU has AVX512-BF16)", 0},
         {"memory-budget", ARG_STR, &budget_s, "auto (memory available at start-up minus 5%) or a size such as 20G", 0},
     };
     int r = args_parse("eval", "--model M --tokenizer T --data D [--adapter A] [options]", argc, argv, specs,
@@ -84,7 +86,12 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     if (threads > 0) omp_set_num_threads(threads);
-    char err[1024];
+    char err[1024], pdesc[200];
+    int bf16 = 0;
+    if (precision_resolve(precision, &bf16, pdesc, sizeof pdesc, err, sizeof err)) {
+        fprintf(stderr, "llama-adapter eval: %s\n", err);
+        return 2;
+    }
     model_weights w;
     tok *tk = NULL;
     alpaca_set raw = {0};
@@ -131,6 +138,8 @@ int cmd_eval(int argc, char **argv) {
     ag_arena_init(&arena, 1 << 24);
     ag_tape tape;
     ag_tape_init(&tape, &arena);
+    tape.bf16 = bf16;
+    fprintf(stderr, "eval: %s\n", pdesc);
     eval_result er = eval_dataset(&tape, &w, adapter ? &tr : NULL, &d, batch_size);
     printf("{\"loss\":%.9g,\"tokens\":%lld,\"ppl\":%.9g}\n", er.loss, (long long)er.tokens, exp(er.loss));
     fprintf(stderr, "eval: %d examples, %lld tokens (%lld with a label) in %.2f s: %.0f tokens/s\n", d.n,

@@ -80,6 +80,8 @@ static void compute_prefixes(gen_engine *e, const trainable *ad) {
     ag_arena_reset(&e->arena);
 }
 
+void gen_engine_set_bf16(gen_engine *e, int on) { e->tape.bf16 = on; }
+
 gen_engine *gen_engine_new(const model_weights *w, const trainable *ad, int max_len, char *err, size_t errlen) {
     const llama_config *c = &w->cfg;
     if (max_len < 1 || (c->max_seq_len > 0 && max_len > c->max_seq_len)) {

@@ -24,6 +24,9 @@ typedef struct gen_engine gen_engine;
 /* An engine whose cache holds max_len positions (1 <= max_len; above the model's max_seq_len
  * when that is known is refused). ad: the adapter, or NULL for the base model. NULL with err. */
 gen_engine *gen_engine_new(const model_weights *w, const trainable *ad, int max_len, char *err, size_t errlen);
+/* Multi-token forwards (prompts) in bf16 when on (see trainer/precision.h); decoding single
+ * tokens is memory-bound and unchanged. */
+void gen_engine_set_bf16(gen_engine *e, int on);
 void gen_engine_free(gen_engine *e);
 /* Forgets the cached positions (the adapter prefixes stay). */
 void gen_engine_reset(gen_engine *e);

@@ -28,6 +28,7 @@
 #include "trainer/eval.h"
 #include "trainer/llama.h"
 #include "trainer/memory.h"
+#include "trainer/precision.h"
 #include "trainer/optim.h"
 #include "trainer/params.h"
 
@@ -54,6 +55,7 @@ typedef struct run {
     int epoch;              /* cursor: next micro-batch */
     int64_t micro;
     int64_t last_saved;
+    int bf16;               /* GEMM precision (trainer/precision.h) */
     int recompute;          /* gradient checkpointing of the recorded layers (from the memory plan) */
     double est_activations; /* the plan's activation bytes for the longest micro-batch */
 } run;
@@ -250,6 +252,9 @@ static int setup(run *r, char *err, size_t errlen) {
         c->adapter_layer = r->w.cfg.n_layers;
     }
     if (train_config_validate(c, r->w.cfg.n_layers, err, errlen)) return -1;
+    char pdesc[200];
+    if (precision_resolve(c->precision, &r->bf16, pdesc, sizeof pdesc, err, errlen)) return -1;
+    printf("%s\n", pdesc);
     if (plan_memory(r, err, errlen)) return -1;
     if (!(r->tk = tok_load(c->tokenizer, err, errlen))) return -1;
     if (tok_vocab_size(r->tk) > r->w.cfg.vocab_size) {
@@ -318,6 +323,7 @@ static int setup(run *r, char *err, size_t errlen) {
     ag_arena_init(&r->arena, 1 << 24);
     ag_tape_init(&r->tape, &r->arena);
     r->tape.checkpoint = r->recompute;
+    r->tape.bf16 = r->bf16;
     return 0;
 }
 

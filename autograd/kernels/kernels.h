@@ -91,4 +91,35 @@ void kn_attention_backward(float *dq, float *dk, float *dv, float *dka, float *d
 float kn_cross_entropy_forward(float *lse, int *count, const float *logits, const int *targets, int N, int V);
 void kn_cross_entropy_backward(float *dlogits, float scale, const float *logits, const float *lse,
                                const int *targets, int N, int V);
+
+/* ---- CPU features and bf16 GEMM --------------------------------------------------------------
+ * kn_cpu(): what this CPU and OS allow (autograd/kernels/cpu.c), detected once, never NULL.
+ * avx512bf16 means the BF16 instructions plus the AVX-512 F/BW/VL/DQ subsets kn_gemm_bf16 uses;
+ * amx_tile/amx_bf16 are reported only (no AMX kernel: kn_gemm_bf16 runs AVX512-BF16 there too). */
+typedef struct kn_cpu_info {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512bf16, amx_tile, amx_bf16; /* 1 when the CPU and the OS allow it */
+    char brand[64];                                                          /* cpuid brand string, trimmed */
+} kn_cpu_info;
+const kn_cpu_info *kn_cpu(void);
+
+/* bf16 GEMM (autograd/kernels/gemm_bf16.c): C[M,N] = alpha * bf16(op(A)) bf16(op(B)) + beta * C,
+ * row-major, op = transpose when the flag is set: op(A) is [M,K] (A is [M,K], lda >= K, or with
+ * transA [K,M], lda >= M); op(B) is [K,N] (B is [K,N], ldb >= N, or with transB [N,K], ldb >= K);
+ * C is [M,N], ldc >= N. A is f32; B is f32, f16 or bf16 (btype). Operands are rounded to bf16
+ * (round to nearest even, as ag_f32_to_bf16; f16 goes through its exact f32 value, so it loses 3
+ * mantissa bits) and their products summed in f32 with AVX512-BF16 vdpbf16ps.
+ * beta == 0 never reads C; K == 0 or alpha == 0 gives C = beta * C without reading A or B.
+ * Threads: from outside a parallel region it uses omp_get_max_threads() threads, from inside one
+ * it runs single-threaded. Deterministic: the result does not depend on the thread count (threads
+ * split C into blocks; each element is summed in the same fixed order).
+ * work: kn_gemm_bf16_workspace(M, N, K) bytes, 64-byte aligned, caller-owned; the size covers
+ * omp_get_max_threads() threads as it is when asked (ask again after raising it).
+ * kn_bf16_gemm_available(): 1 when kn_gemm_bf16 can run here; calling it otherwise aborts.
+ * kn_gemm_bf16_ref: the naive reference for tests (same bf16 rounding, double accumulation). */
+int kn_bf16_gemm_available(void);
+size_t kn_gemm_bf16_workspace(int M, int N, int K);
+void kn_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                  const void *B, ag_dtype btype, int ldb, float beta, float *C, int ldc, void *work);
+void kn_gemm_bf16_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                      const void *B, ag_dtype btype, int ldb, float beta, float *C, int ldc);
 #endif
