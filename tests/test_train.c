@@ -365,6 +365,70 @@ static void test_bf16_precision_tracks_f32(void) {
     printf("  12 steps: bf16 loss within %.3f%% of f32 at every step\n", 100 * worst);
 }
 
+/* The frozen-prefix cache changes no bit: 3 shuffled epochs with the cache off, in memory and in
+ * a file (a budget that leaves no room) give the same metrics and final adapter, and epochs 2-3
+ * are served from the cache; with f32 compute, auto leaves it off and says why. */
+static void test_prefix_cache_is_bit_exact(void) {
+    if (!kn_bf16_gemm_available()) SKIP("the cache is exact on the bf16 path; this CPU has no AVX512-BF16");
+    model_weights w;
+    char err[512];
+    CHECK(model_load(model_dir, &w, err, sizeof err) == 0, "%s", err);
+    struct stat sd;
+    stat(data_path, &sd);
+    mem_plan off = mem_plan_train(&w, 2, 2, 0, 4 * 256, 0, 2, (double)sd.st_size);
+    model_free(&w);
+    const char *modes[3] = {"--prefix-cache off", "--prefix-cache on", "--prefix-cache on --memory-budget"};
+    char runs[3][400];
+    for (int m = 0; m < 3; m++) {
+        snprintf(runs[m], sizeof runs[m], "%s/pc_%d", dir, m);
+        char budget[64] = "";
+        if (m == 2) snprintf(budget, sizeof budget, " %.0f", off.total + 1000);
+        int st = test_sh("%s train " COMMON " --precision bf16 --epochs 3 --warmup-epochs 1 --seed 5 %s%s --out %s > %s/pc_%d.log 2>&1",
+                         bin, model_dir, tok_path, data_path, modes[m], budget, runs[m], dir, m);
+        CHECK(st == 0, "%s: exit %d", modes[m], st);
+        char log[400];
+        snprintf(log, sizeof log, "%s/pc_%d.log", dir, m);
+        char *text = test_read_file(log, NULL);
+        if (m > 0) {
+            CHECK(text && strstr(text, m == 1 ? "in memory, reused from epoch 2" : "in a file in the run directory"),
+                  "%s: the startup line says where the cache is", modes[m]);
+            long hits = -1, misses = -1;
+            const char *p = text ? strstr(text, "prefix cache: ") : NULL;
+            while (p && sscanf(p, "prefix cache: %ld micro-batches served from the cache, %ld computed", &hits, &misses) != 2)
+                p = strstr(p + 1, "prefix cache: ");
+            CHECK(hits == 2 * misses && misses == 12, "%s: %ld micro-batches from the cache, %ld computed (want 24 and 12)",
+                  modes[m], hits, misses);
+        }
+        free(text);
+    }
+    char pcfile[500];
+    snprintf(pcfile, sizeof pcfile, "%s/prefix_cache.f32", runs[2]);
+    CHECK(access(pcfile, F_OK) != 0, "the cache file is removed when the run ends");
+    metrics ma, mb, mc;
+    read_metrics(runs[0], &ma);
+    read_metrics(runs[1], &mb);
+    read_metrics(runs[2], &mc);
+    CHECK(ma.n == 36 && mb.n == 36 && mc.n == 36, "36 steps each (got %d, %d, %d)", ma.n, mb.n, mc.n);
+    for (int i = 0; i < ma.n && i < mb.n && i < mc.n; i++) {
+        char x[64], y[64], z[64];
+        raw_field(ma.lines[i], "loss", x, sizeof x);
+        raw_field(mb.lines[i], "loss", y, sizeof y);
+        raw_field(mc.lines[i], "loss", z, sizeof z);
+        CHECK(!strcmp(x, y) && !strcmp(x, z) && x[0], "step %d loss: off %s, memory %s, file %s", i + 1, x, y, z);
+    }
+    char ca[500], cb[500], cc[500];
+    snprintf(ca, sizeof ca, "%s/ckpt-00000036.h5", runs[0]);
+    snprintf(cb, sizeof cb, "%s/ckpt-00000036.h5", runs[1]);
+    snprintf(cc, sizeof cc, "%s/ckpt-00000036.h5", runs[2]);
+    CHECK(same_checkpoint_params(ca, cb) && same_checkpoint_params(ca, cc), "final adapters differ with the prefix cache");
+    char *out = NULL, args[1200];
+    snprintf(args, sizeof args, "train " COMMON " --precision f32 --epochs 2 --warmup-epochs 1 --max-steps 1 --out %s/pc_f32",
+             model_dir, tok_path, data_path, dir);
+    int st = test_run_bin(dir, args, &out, NULL);
+    CHECK(st == 0 && out && strstr(out, "prefix cache: off (f32 sgemm"), "f32 auto: cache off with the reason (exit %d)", st);
+    free(out);
+}
+
 /* A run whose memory estimate exceeds the budget stops before it reads any data: the data
  * path here does not exist, and the message is about memory, with the flags that lower it. */
 static void test_memory_budget_refusal(void) {
@@ -716,6 +780,7 @@ int main(void) {
     RUN(test_recompute_on_off_bit_identical);
     RUN(test_memory_budget_refusal);
     RUN(test_bf16_precision_tracks_f32);
+    RUN(test_prefix_cache_is_bit_exact);
     if (!getenv("KEEP_TMP")) test_rmtree(dir);
     else printf("kept %s\n", dir);
     return TEST_MAIN_END("test_train");

@@ -15,6 +15,7 @@ void train_config_defaults(train_config *c) {
     c->gate_act = "tanh";
     c->data_format = "auto";
     c->recompute = "auto";
+    c->prefix_cache = "auto";
     c->precision = "auto";
     c->memory_budget = "auto";
     c->out = "runs/latest";
@@ -79,6 +80,7 @@ void train_config_defaults(train_config *c) {
     {"log-every", ARG_INT, &(c)->log_every, "a progress line every N steps when not on a terminal", 0},     \
     {"threads", ARG_INT, &(c)->threads, "OpenMP/OpenBLAS threads (0: all cores)", 0},                       \
     {"precision", ARG_STR, &(c)->precision, "auto | f32 | bf16: GEMMs of the linear layers in bf16 with f32 sums (auto: bf16 where the CPU has AVX512-BF16; f32 is the exact path)", 0}, \
+    {"prefix-cache", ARG_STR, &(c)->prefix_cache, "auto | on | off: keep the output of the frozen layers below the adapter after epoch 1 and reuse it (auto: on when there is more than one epoch and the result is bit-exact, i.e. bf16 compute)", 0}, \
     {"recompute", ARG_STR, &(c)->recompute, "auto | on | off: keep only each adapted layer's input and recompute the layer in backward (auto: on when the run would not fit the memory budget)", 0}, \
     {"memory-budget", ARG_STR, &(c)->memory_budget, "auto (memory available at start-up minus 5%) or a size such as 20G: a run whose estimate exceeds it stops before loading the data", 0}, \
 
@@ -224,6 +226,8 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
     NEED(!(c->val_data && c->val_split), "give --val-data or --val-split, not both");
     NEED(c->precision && (!strcmp(c->precision, "auto") || !strcmp(c->precision, "f32") || !strcmp(c->precision, "bf16")),
          "--precision '%s': expected auto, f32 or bf16", c->precision ? c->precision : "(null)");
+    NEED(c->prefix_cache && (!strcmp(c->prefix_cache, "auto") || !strcmp(c->prefix_cache, "on") || !strcmp(c->prefix_cache, "off")),
+         "--prefix-cache '%s': expected auto, on or off", c->prefix_cache ? c->prefix_cache : "(null)");
     NEED(c->recompute && (!strcmp(c->recompute, "auto") || !strcmp(c->recompute, "on") || !strcmp(c->recompute, "off")),
          "--recompute '%s': expected auto, on or off", c->recompute ? c->recompute : "(null)");
     double budget;

@@ -13,6 +13,7 @@ typedef struct train_config {
     const char *gate_act; /* "tanh" | "identity" */
     const char *data_format; /* "auto" | "alpaca" | "text" (plain documents, one per line) */
     const char *precision;   /* "auto" | "f32" | "bf16": GEMM precision (trainer/precision.h) */
+    const char *prefix_cache; /* "auto" | "on" | "off": cache the frozen layers' output (trainer/prefix_cache.h) */
     const char *recompute;   /* "auto" | "on" | "off": gradient checkpointing of the recorded layers */
     const char *memory_budget; /* "auto" (available at start-up minus a margin) or a size like "20G" */
     int adapter_len, adapter_layer, max_seq_len, batch_size, accum_iter, epochs;

@@ -42,15 +42,24 @@ static ag_tensor *layer_block(ag_tape *t, void *ctx, ag_tensor *x) {
     return layer_forward(t, c->w, c->l, c->ad, x, c->pos, c->seq_off, c->n_seq);
 }
 
-ag_tensor *llama_hidden(ag_tape *t, const model_weights *w, const trainable *ad, const int *ids,
-                        const int *pos, const int *seq_off, int n_seq, int T) {
+/* llama_hidden, with the output of the first pc->layers (tape-less) layers taken from or given
+ * to the prefix cache when pc is not NULL (mb: the micro-batch, for the example indices). */
+static ag_tensor *hidden(ag_tape *t, const model_weights *w, const trainable *ad, const int *ids, const int *pos,
+                         const int *seq_off, int n_seq, int T, prefix_cache *pc, const microbatch *mb) {
     const llama_config *c = &w->cfg;
-    int saved_no_grad = t->no_grad;
-    ag_tensor *x = ag_embedding(t, (ag_tensor *)&w->tok_emb, ids, T);
+    int saved_no_grad = t->no_grad, l0 = 0;
+    ag_tensor *x;
     /* x for a run of tape-less layers lives in a buffer allocated before their activations, so
      * each such layer can give its memory back as soon as it is done */
     ag_tensor *carry = NULL;
-    for (int l = 0; l < c->n_layers; l++) {
+    if (pc && pc->layers > 0 && prefix_cache_has(pc, mb) && prefix_cache_load(pc, mb, (carry = ag_new(t, T, c->dim))->data)) {
+        x = carry;
+        l0 = pc->layers;
+    } else {
+        x = ag_embedding(t, (ag_tensor *)&w->tok_emb, ids, T);
+        carry = NULL;
+    }
+    for (int l = l0; l < c->n_layers; l++) {
         int records = !t->no_grad && (x->requires_grad || w->layers[l].wq.requires_grad ||
                                       (ad && l >= c->n_layers - ad->L));
         if (records && t->checkpoint) { /* keep only the layer's input; recompute it in backward */
@@ -74,8 +83,14 @@ ag_tensor *llama_hidden(ag_tape *t, const model_weights *w, const trainable *ad,
         t->no_grad = saved_no_grad;
         memcpy(carry->data, y->data, (size_t)T * c->dim * sizeof(float));
         ag_arena_rewind(t->arena, m);
+        if (pc && l + 1 == pc->layers) prefix_cache_store(pc, mb, carry->data);
     }
     return x;
+}
+
+ag_tensor *llama_hidden(ag_tape *t, const model_weights *w, const trainable *ad, const int *ids,
+                        const int *pos, const int *seq_off, int n_seq, int T) {
+    return hidden(t, w, ad, ids, pos, seq_off, n_seq, T, NULL, NULL);
 }
 
 ag_tensor *llama_logits(ag_tape *t, const model_weights *w, ag_tensor *h, const int *rows, int n) {
@@ -85,7 +100,13 @@ ag_tensor *llama_logits(ag_tape *t, const model_weights *w, ag_tensor *h, const 
 }
 
 ag_tensor *llama_loss(ag_tape *t, const model_weights *w, const trainable *ad, const microbatch *mb, int *n_loss) {
-    ag_tensor *h = llama_hidden(t, w, ad, mb->ids, mb->pos, mb->seq_off, mb->n_seq, mb->T);
+    return llama_loss_cached(t, w, ad, mb, n_loss, NULL);
+}
+
+ag_tensor *llama_loss_cached(ag_tape *t, const model_weights *w, const trainable *ad, const microbatch *mb, int *n_loss,
+                             prefix_cache *pc) {
+    if (pc && (!ad || pc->layers != w->cfg.n_layers - ad->L)) pc = NULL; /* only the adapter's frozen prefix */
+    ag_tensor *h = hidden(t, w, ad, mb->ids, mb->pos, mb->seq_off, mb->n_seq, mb->T, pc, mb);
     int n = 0;
     for (int i = 0; i < mb->T; i++) n += mb->targets[i] != 0;
     int *rows = ag_arena_alloc(t->arena, sizeof(int) * (size_t)(n ? n : 1));

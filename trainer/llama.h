@@ -12,6 +12,7 @@
 #include "checkpoints/model_file.h"
 #include "data/loader.h"
 #include "trainer/params.h"
+#include "trainer/prefix_cache.h"
 
 /* Final hidden states [T, dim] (before the final RMSNorm) of the micro-batch tokens.
  * ad: the adapter (NULL for the base model). Records on the tape only where something requires
@@ -22,6 +23,12 @@ ag_tensor *llama_hidden(ag_tape *t, const model_weights *w, const trainable *ad,
 /* Mean cross-entropy over the micro-batch's non-zero targets as a [1,1] tensor (0 when there
  * are none); *n_loss gets their count. */
 ag_tensor *llama_loss(ag_tape *t, const model_weights *w, const trainable *ad, const microbatch *mb, int *n_loss);
+
+/* llama_loss with the output of the frozen layers below the adapter taken from the prefix cache
+ * when every example of mb is in it, and stored into it otherwise (pc may be NULL; it must cache
+ * exactly the n_layers - ad->L frozen layers, else it is ignored). */
+ag_tensor *llama_loss_cached(ag_tape *t, const model_weights *w, const trainable *ad, const microbatch *mb, int *n_loss,
+                             prefix_cache *pc);
 
 /* Logits [n, vocab] at the given rows of the hidden states h (final norm + classifier). */
 ag_tensor *llama_logits(ag_tape *t, const model_weights *w, ag_tensor *h, const int *rows, int n);

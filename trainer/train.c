@@ -56,6 +56,9 @@ typedef struct run {
     int64_t micro;
     int64_t last_saved;
     int bf16;               /* GEMM precision (trainer/precision.h) */
+    prefix_cache pc;        /* frozen-prefix cache (pc.have == NULL when off) */
+    double budget;          /* memory budget in bytes (0: unknown) */
+    double plan_total;      /* the memory plan's total */
     int recompute;          /* gradient checkpointing of the recorded layers (from the memory plan) */
     double est_activations; /* the plan's activation bytes for the longest micro-batch */
 } run;
@@ -212,6 +215,8 @@ static int plan_memory(run *r, char *err, size_t errlen) {
     r->recompute = !strcmp(c->recompute, "on") ? 1 : !strcmp(c->recompute, "off") ? 0 : budget > 0 && off.total > budget;
     const mem_plan *p = r->recompute ? &on : &off;
     r->est_activations = p->activations;
+    r->budget = budget > 0 ? budget : 0;
+    r->plan_total = p->total;
     double mapped = 0;
     mem_weight_bytes(&r->w, &mapped);
     char b[8][32];
@@ -240,6 +245,32 @@ static int plan_memory(run *r, char *err, size_t errlen) {
                  c->batch_size, c->max_seq_len, from_flag ? ", or raise --memory-budget" : "");
         return -1;
     }
+    return 0;
+}
+
+/* --prefix-cache: decides, sizes and places the frozen-prefix cache, and says so. */
+static int setup_prefix_cache(run *r, char *err, size_t errlen) {
+    train_config *c = r->c;
+    int frozen = r->tr.is_adapter ? r->w.cfg.n_layers - r->tr.L : 0;
+    const char *why = NULL;
+    if (!strcmp(c->prefix_cache, "off")) why = "--prefix-cache off";
+    else if (frozen == 0) why = "no frozen layer below the adapter";
+    else if (!strcmp(c->prefix_cache, "auto") && c->epochs < 2) why = "one epoch: nothing to reuse";
+    else if (!strcmp(c->prefix_cache, "auto") && !r->bf16)
+        why = "f32 sgemm rounds a row by its place in the batch, so reuse would change the last bits (--prefix-cache on "
+              "forces it)";
+    if (why) {
+        printf("prefix cache: off (%s)\n", why);
+        return 0;
+    }
+    double bytes = (double)r->train.off[r->train.n] * r->w.cfg.dim * sizeof(float) / r->d->world;
+    double room = r->budget > 0 ? 0.8 * (r->budget - r->plan_total) : 0;
+    int in_memory = bytes <= room;
+    if (prefix_cache_init(&r->pc, &r->train, r->w.cfg.dim, frozen, in_memory ? NULL : c->out, err, errlen)) return -1;
+    char b[32];
+    mem_human(b, sizeof b, bytes);
+    printf("prefix cache: the output of the %d frozen layer%s for %d examples (%s f32) %s, reused from epoch 2\n", frozen,
+           frozen > 1 ? "s" : "", r->train.n / r->d->world, b, in_memory ? "in memory" : "in a file in the run directory");
     return 0;
 }
 
@@ -315,6 +346,7 @@ static int setup(run *r, char *err, size_t errlen) {
         r->opt.no_decay[r->opt.n_no_decay++][1] = ag_numel(&r->w.norm);
     }
     if (mkdir_p(c->out, err, errlen)) return -1;
+    if (setup_prefix_cache(r, err, errlen)) return -1;
     if (loader_init(&r->ld, &r->train, c->batch_size, !c->no_shuffle, (uint64_t)c->seed) ||
         loader_set_shard(&r->ld, r->d->rank, r->d->world)) {
         snprintf(err, errlen, "out of memory for the data loader");
@@ -332,6 +364,7 @@ static void teardown(run *r) {
     ag_tape_free(&r->tape);
     ag_arena_free(&r->arena);
     loader_free(&r->ld);
+    prefix_cache_free(&r->pc);
     adamw_free(&r->opt);
     trainable_free(&r->tr);
     dataset_free(&r->train);
@@ -421,7 +454,8 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
             ag_tape_reset(&r->tape);
             ag_arena_reset(&r->arena);
             int n_loss = 0;
-            ag_tensor *loss = llama_loss(&r->tape, &r->w, r->tr.is_adapter ? &r->tr : NULL, mb, &n_loss);
+            ag_tensor *loss = llama_loss_cached(&r->tape, &r->w, r->tr.is_adapter ? &r->tr : NULL, mb, &n_loss,
+                                                r->pc.have ? &r->pc : NULL);
             if (loss->requires_grad && n_loss > 0)
                 ag_backward(&r->tape, loss, 1.0f / (float)(c->accum_iter * c->world_size));
             loss_sum += ag_f32(loss)[0];
@@ -476,6 +510,9 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
     if (r->last_saved != r->step && save_checkpoint(r, err, errlen)) return -1;
     printf("checkpoint: %s/ckpt-%08lld.h5\n", c->out, (long long)r->step);
     printf("peak RSS: %.1f MB\n", peak_rss() / 1e6);
+    if (r->pc.have)
+        printf("prefix cache: %lld micro-batches served from the cache, %lld computed\n", (long long)r->pc.hits,
+               (long long)r->pc.misses);
     if (stop) {
         printf("interrupted by signal %d at step %lld; continue with: llama-adapter train --resume %s\n", stop,
                (long long)r->step, c->out);
