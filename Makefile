@@ -42,7 +42,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 DEMO_SRC  := $(wildcard demo/*.c)
 DEMO_BIN  := $(DEMO_SRC:demo/%.c=$(BUILD)/demo/%)
 
-.PHONY: all test bench probe7b demo debug asan clean deps tests-build
+.PHONY: all test bench probe7b quality demo debug asan clean deps tests-build
 
 # all: the llama-adapter binary (build/llama-adapter).
 all: $(BIN)
@@ -68,6 +68,11 @@ bench: deps
 probe7b: deps
 	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN)
 	@sh bench/probe_7b.sh $(BUILD)
+
+# quality: bf16 against f32 over the demo's adapter run and 200 Alpaca steps (not part of CI).
+quality: deps
+	@$(MAKE) --no-print-directory $(BIN) $(BENCH_BIN) $(DEMO_BIN)
+	@sh bench/quality_bf16.sh $(BUILD)
 
 # demo: the built-in end-to-end story (offline, cached in demo_out/).
 demo: deps
