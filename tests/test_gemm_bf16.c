@@ -236,7 +236,8 @@ static void test_every_case_odd_shapes(void) {
     printf("  %d products, worst |err| / bound = %.3f\n", runs, worst);
 }
 
-/* Shapes spanning several cache blocks in M, N and K (odd K: a padded last pair), sampled. */
+/* Shapes spanning several cache blocks in M, N and K (3 K slices, odd K: a padded last pair; M
+ * past one shared A slice), sampled. */
 static void test_multi_block_shapes(void) {
     NEED_BF16();
     ag_rng r;
@@ -246,16 +247,24 @@ static void test_multi_block_shapes(void) {
         for (int tB = 0; tB < 2; tB++) {
             prob p;
             ag_dtype bt = (ag_dtype)((tA * 2 + tB) % 3);
-            prob_make(&p, &r, tA, tB, 350, 2090, 1027, bt, 5, 1);
+            prob_make(&p, &r, tA, tB, 350, 300, 4099, bt, 5, 1);
             p.beta = 1.0f;
             prob_run(&p, 0);
             double w;
-            int bad = prob_compare(&p, 37, NULL, NULL, &w, NULL, NULL);
-            CHECK(bad == 0, "trans (%d,%d) B %s 350x2090x1027: %d entries out of bound (worst %.2f)", tA, tB,
+            int bad = prob_compare(&p, 7, NULL, NULL, &w, NULL, NULL);
+            CHECK(bad == 0, "trans (%d,%d) B %s 350x300x4099: %d entries out of bound (worst %.2f)", tA, tB,
                   dtype_name(bt), bad, w);
             if (w > worst) worst = w;
             prob_free(&p);
         }
+    prob p;
+    prob_make(&p, &r, 0, 1, 2750, 150, 2051, AG_BF16, 0, 0);
+    prob_run(&p, 0);
+    double w;
+    int bad = prob_compare(&p, 61, NULL, NULL, &w, NULL, NULL);
+    CHECK(bad == 0, "2750x150x2051: %d entries out of bound (worst %.2f)", bad, w);
+    if (w > worst) worst = w;
+    prob_free(&p);
     printf("  worst |err| / bound = %.3f\n", worst);
 }
 
@@ -317,13 +326,18 @@ static void test_alpha_beta(void) {
 
 static int same_bits(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
 
+/* Bit-identical results: repeated, 1 vs 2 threads, and single-threaded inside a parallel region.
+ * Shapes: several K slices and column blocks (threads split N), and a narrow N with tall M
+ * (threads split M, each grid row with its own A slice). */
 static void test_deterministic(void) {
     NEED_BF16();
     ag_rng r;
     ag_rng_seed(&r, 14);
-    for (int tB = 0; tB < 2; tB++) {
+    static const int shapes[][4] = {{371, 1000, 4099, 1}, {371, 1000, 4099, 0}, {3000, 20, 2500, 1}};
+    for (int s = 0; s < 3; s++) {
+        int tB = shapes[s][3];
         prob p;
-        prob_make(&p, &r, 0, tB, 371, 2150, 1100, AG_BF16, 0, 0);
+        prob_make(&p, &r, 0, tB, shapes[s][0], shapes[s][1], shapes[s][2], AG_BF16, 0, 0);
         p.beta = 1.0f;
         size_t n = (size_t)p.M * p.ldc;
         float *c1 = malloc(n * sizeof(float)), *c2 = malloc(n * sizeof(float)), *c3 = malloc(n * sizeof(float));
@@ -333,8 +347,8 @@ static void test_deterministic(void) {
         memcpy(c2, p.C, n * sizeof(float));
         prob_run(&p, 1);
         memcpy(c3, p.C, n * sizeof(float));
-        CHECK(same_bits(c1, c2, n), "trans (0,%d): two 2-thread calls differ", tB);
-        CHECK(same_bits(c1, c3, n), "trans (0,%d): 1 thread differs from 2 threads", tB);
+        CHECK(same_bits(c1, c2, n), "%dx%dx%d: two 2-thread calls differ", p.M, p.N, p.K);
+        CHECK(same_bits(c1, c3, n), "%dx%dx%d: 1 thread differs from 2 threads", p.M, p.N, p.K);
         /* inside a parallel region: single-threaded, still the same bits */
         memcpy(p.C, p.C0, n * sizeof(float));
         void *ws = aligned_work(kn_gemm_bf16_workspace(p.M, p.N, p.K));
@@ -347,14 +361,17 @@ static void test_deterministic(void) {
                 kn_gemm_bf16(0, tB, p.M, p.N, p.K, 1.0f, p.A, p.lda, p.B, p.bt, p.ldb, 1.0f, p.C, p.ldc, ws);
             }
         }
-        CHECK(same_bits(c1, p.C, n), "trans (0,%d): call inside a parallel region (%d) differs", tB, inside);
+        CHECK(same_bits(c1, p.C, n), "%dx%dx%d: call inside a parallel region (%d) differs", p.M, p.N, p.K, inside);
+        double w;
+        CHECK(prob_compare(&p, 101, NULL, NULL, &w, NULL, NULL) == 0, "%dx%dx%d: out of bound", p.M, p.N, p.K);
+        printf("  %dx%dx%d trans (0,%d): repeat, 1 vs 2 threads and inside a parallel region bit-identical\n", p.M,
+               p.N, p.K, tB);
         free(ws);
         free(c1);
         free(c2);
         free(c3);
         prob_free(&p);
     }
-    printf("  371x2150x1100: repeat, 1 vs 2 threads and inside a parallel region bit-identical\n");
 }
 
 /* The 7B layer shape at T = 512: forward x W^T and input gradient dy W, sampled entries. */

@@ -2,30 +2,33 @@
  *
  *   C[M,N] = alpha * bf16(op(A)) bf16(op(B)) + beta * C        (row-major; shapes in kernels.h)
  *
- * Structure (GotoBLAS/BLIS style), per thread:
- *   for each NC-wide block of the thread's columns            (jc)
- *     for each KC-deep slice of K                              (pc)
- *       pack B[pc:pc+kc, jc:jc+nc] as panels [nc/NR][kc/2][NR][2] bf16 (pairs of k per column)
- *       for each MC-tall block of the thread's rows            (ic)
- *         pack A[ic:ic+mc, pc:pc+kc] as panels [mc/MR][kc/2][MR][2] bf16
- *         for each NR panel of B (jr), for each MR panel of A (ir):
- *           micro-kernel: an MR x NR tile of C in MR*NR/16 zmm accumulators; per k pair, NR/16
- *           vector loads of B and MR broadcasts of one 32-bit A pair, each feeding vdpbf16ps.
+ * Structure (GotoBLAS/BLIS style). Threads form a grid over C (N split first, M when N is narrow);
+ * thread t owns C[m0:m1, n0:n1] and runs:
+ *   for each MA-row super-block of its rows, for each KC-deep slice of K (pc):
+ *     the threads of its grid row pack A[rows, pc:pc+kc] together as panels
+ *       [rows/MR][kc/2][MR][2] bf16 (pairs of k per row; two slices in turn), one barrier;
+ *     for each NC-wide block of its columns (jc):
+ *       pack B[pc:pc+kc, jc:jc+nc] as panels [nc/NR][kc/2][NR][2] bf16 (its own buffer; the
+ *       next block's source is prefetched while this one is multiplied)
+ *       for each MC rows (ic), each NR panel of B (jr), each MR panel of A (ir):
+ *         micro-kernel: an MR x NR tile of C in MR*NR/16 zmm accumulators; per k pair, NR/16
+ *         vector loads of B and MR broadcasts of one 32-bit A pair, each feeding vdpbf16ps;
+ *         then C = alpha*acc (+ beta*C on the first slice, + C on the others).
  * Packing rounds f32 (and f16, through its exact f32 value) to bf16 with round-to-nearest-even
  * exactly as ag_f32_to_bf16 (integer arithmetic, so subnormals are kept: the conversion
  * instructions would flush them); bf16 B is copied as is. Edges (any M, N, odd K) are zero-padded
  * in the packed panels and stored with masks, so the micro-kernel always runs full tiles.
  *
- * Threads split C into a grid of blocks (over N first, M when N is too narrow); nobody splits
- * the K sum, and KC is a constant, so every element of C is summed in the same order whatever the
- * thread count: results are bit-identical for 1, 2 or 64 threads. Each thread packs into its
- * own slot of the caller's workspace, no barriers inside.
+ * Determinism: nobody splits the K sum and KC is a compile-time constant, so every element of C
+ * is summed in the same order whatever the thread count or grid: results are bit-identical for
+ * 1, 2 or 64 threads, and from inside a parallel region (single-threaded).
  *
  * What it does not do: AMX (reported by kn_cpu() but never used), f16 arithmetic (f16 B is
  * rounded to bf16), any allocation, or run on CPUs without AVX512-BF16 (kn_bf16_gemm_available()
  * says so; the caller keeps its f32 path there). The AVX-512 code is compiled per function with
  * a target attribute, so the file builds and the binary runs on any x86-64 (and compiles to the
- * stubs on other architectures). */
+ * stubs on other architectures). vdpbf16ps treats bf16 subnormal inputs as zero (their products
+ * are below 1e-38 and vanish in the f32 sums anyway). */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -38,8 +41,12 @@
 #endif
 
 /* Blocking (compile-time: results depend on KC, so it never changes with the machine or the
- * thread count). MR x NR is the register tile, NR = 16 * NV. KC is in k (even), MC/NC multiples
- * of MR/NR. */
+ * thread count). MR x NR is the register tile, NR = 16 * NV: 14 x 32 keeps 28 accumulators in
+ * zmm registers. KC (k, even) = 2048: the micro-kernel streams a 128 KB B panel and a 57 KB A
+ * panel from L2, and C is read and written once per 2048 of K (smaller KC measured slower: C
+ * traffic). MC = 112 rows (458 KB A block, stays in L2 with the B panel), NC = 128 columns
+ * (512 KB B block), MA = 2688 rows per shared A slice. Tuned on a 2-core Zen 5 (48 KB L1d, 1 MB
+ * L2 per core). */
 #ifndef KN_BF16_MR
 #define KN_BF16_MR 14
 #endif
@@ -47,16 +54,16 @@
 #define KN_BF16_NV 2
 #endif
 #ifndef KN_BF16_KC
-#define KN_BF16_KC 512
+#define KN_BF16_KC 2048
 #endif
 #ifndef KN_BF16_MCP
-#define KN_BF16_MCP 24 /* MC = MCP * MR */
+#define KN_BF16_MCP 8 /* MC = MCP * MR */
 #endif
 #ifndef KN_BF16_NCP
-#define KN_BF16_NCP 8 /* NC = NCP * NR */
+#define KN_BF16_NCP 4 /* NC = NCP * NR */
 #endif
 #ifndef KN_BF16_MAB
-#define KN_BF16_MAB 8 /* MA = MAB * MC: rows of A packed at once (one K slice) */
+#define KN_BF16_MAB 24 /* MA = MAB * MC: rows of A packed at once (one K slice), shared by threads */
 #endif
 #define MR KN_BF16_MR
 #define NV KN_BF16_NV
@@ -112,47 +119,58 @@ void kn_gemm_bf16_ref(int transA, int transB, int M, int N, int K, float alpha, 
 
 /* ---- workspace and thread grid -------------------------------------------------------------- */
 
-typedef struct gemm_plan {
-    int nt, tm, tn;        /* threads, grid rows x columns */
-    int kc, mcap, ncap;    /* deepest slice, tallest A slice, widest B block (padded) */
-    size_t a_bytes, b_bytes; /* per-thread packed A and B, each 64-byte aligned */
-} gemm_plan;
-
-/* The grid tm x tn (tm * tn = nt) that minimises the modelled per-thread time: padded compute
- * plus packing (B once per K slice, A once per B block). Ties go to the wider N split. */
-static void choose_grid(gemm_plan *p, int M, int N, int K) {
+/* The thread grid tm x tn (tm * tn = nth): threads in a grid row share one packed A slice (each
+ * packs 1/tn of it) and own their columns' B blocks. Chosen to minimise the modelled per-thread
+ * time: padded compute plus packing (A shared, B repacked per A super-block of MA rows); ties go
+ * to the wider N split. A pure function of (nth, M, N), so the workspace size and every thread
+ * agree on it. */
+static void choose_grid(int nth, int M, int N, int *tm_out, int *tn_out) {
     int mt = (M + MR - 1) / MR, ntl = (N + NR - 1) / NR;
     double best = -1;
-    p->tm = p->tn = 1;
-    for (int tn = p->nt; tn >= 1; tn--) {
-        if (p->nt % tn) continue;
-        int tm = p->nt / tn;
+    *tm_out = *tn_out = 1;
+    for (int tn = nth; tn >= 1; tn--) {
+        if (nth % tn) continue;
+        int tm = nth / tn;
         double rows = (double)((mt + tm - 1) / tm) * MR, cols = (double)((ntl + tn - 1) / tn) * NR;
-        double nblk = ceil(cols / NC);
-        double cost = rows * cols / 64.0 + 0.25 * (cols + rows * nblk);
-        if (best < 0 || cost < best - 1e-9) best = cost, p->tm = tm, p->tn = tn;
+        double cost = rows * cols / 64.0 + 0.25 * (rows / tn + cols * ceil(rows / MA));
+        if (best < 0 || cost < best - 1e-9) best = cost, *tm_out = tm, *tn_out = tn;
     }
 }
 
-static void make_plan(gemm_plan *p, int M, int N, int K, int max_threads) {
-    p->nt = max_threads < 1 ? 1 : max_threads;
-    /* small products are not worth waking threads for (no effect on the result) */
-    if ((double)M * N * K < 65536.0 * 16) p->nt = 1;
-    choose_grid(p, M, N, K);
-    p->kc = imin(KC, K + (K & 1));
-    p->mcap = imin(MA, (M + MR - 1) / MR * MR);
-    p->ncap = imin(NC, (N + NR - 1) / NR * NR);
-    p->a_bytes = align64((size_t)p->mcap * (size_t)(p->kc / 2) * 4);
-    p->b_bytes = align64((size_t)p->ncap * (size_t)(p->kc / 2) * 4);
+/* Threads a call uses: max_threads, or 1 for small products (no effect on the result). */
+static int plan_threads(int M, int N, int K, int max_threads) {
+    if ((double)M * N * K < 65536.0 * 16) return 1;
+    return max_threads < 1 ? 1 : max_threads;
+}
+
+static int kc_max(int K) { return imin(KC, K + (K & 1)); }
+
+/* Bytes of one packed A slice (rows of one grid row, at most MA) and of one thread's B block. */
+static size_t a_slot_bytes(int M, int K, int tm) {
+    int mt = (M + MR - 1) / MR;
+    return align64((size_t)imin(MA, (mt + tm - 1) / tm * MR) * (size_t)(kc_max(K) / 2) * 4);
+}
+static size_t b_slot_bytes(int N, int K) {
+    return align64((size_t)imin(NC, (N + NR - 1) / NR * NR) * (size_t)(kc_max(K) / 2) * 4);
+}
+
+/* Bytes of the A part of the workspace: the largest 2 * tm * a_slot over every team size the
+ * call may get (a parallel region can get fewer threads than it asks for). */
+static size_t a_part_bytes(int M, int N, int K, int nt) {
+    size_t most = 0;
+    for (int nth = 1; nth <= nt; nth++) {
+        int tm, tn;
+        choose_grid(nth, M, N, &tm, &tn);
+        size_t z = (size_t)2 * tm * a_slot_bytes(M, K, tm); /* two slices per grid row */
+        if (z > most) most = z;
+    }
+    return most;
 }
 
 size_t kn_gemm_bf16_workspace(int M, int N, int K) {
     if (M <= 0 || N <= 0 || K <= 0) return 0;
-    gemm_plan p;
-    int nt = omp_get_max_threads();
-    make_plan(&p, M, N, K, nt);
-    /* one slot per thread the call may use: sized for nt even when this shape would use fewer */
-    return (size_t)imax(nt, 1) * (p.a_bytes + p.b_bytes);
+    int nt = plan_threads(M, N, K, omp_get_max_threads());
+    return a_part_bytes(M, N, K, nt) + (size_t)nt * b_slot_bytes(N, K);
 }
 
 int kn_bf16_gemm_available(void) {
@@ -390,20 +408,50 @@ static void pf_b(pf_cursor *c, const gemm_args *g, int pc, int kc, int jc, int n
     else pf_set(c, (const char *)g->B + (size_t)pc * ld + (size_t)jc * es, ld, (size_t)nc * es, kc);
 }
 
-/* One thread's block C[m0:m1, n0:n1]; ap, bp: its packed-A and packed-B slots. Loop order: rows
- * in slices of MA (A packed once per K slice), K slices of KC, columns in blocks of NC (B packed
- * once per slice and block), then MC rows at a time so the A block stays in L2 while the NR
- * panels of B pass through L1. Each C element adds the K slices in order: pc = 0 applies beta. */
-TGT static void run_block(const gemm_args *g, int m0, int m1, int n0, int n1, uint32_t *ap, uint32_t *bp) {
-    for (int ia = m0; ia < m1; ia += MA) {
-        int ma = imin(MA, m1 - ia);
-        for (int pc = 0; pc < g->K; pc += KC) {
+/* Tiles [lo, hi) of n tiles split into parts: part q of parts (balanced, contiguous). */
+static void split(int ntiles, int parts, int q, int *lo, int *hi) {
+    int base = ntiles / parts, rem = ntiles % parts;
+    *lo = q * base + imin(q, rem);
+    *hi = *lo + base + (q < rem);
+}
+
+/* Thread t of nth: its block of C in the grid, C[m0:m1, n0:n1]. Loop order: rows in super-blocks
+ * of MA and K in slices of KC (the grid row's threads pack the A slice together, then one
+ * barrier); columns in blocks of NC (B packed by this thread, the next block's source prefetched
+ * meanwhile); then MC rows at a time so the A block stays in L2 while the NR panels of B pass
+ * through. Each C element adds the K slices in order (pc = 0 applies beta), whoever computes it.
+ * Every thread runs the same number of barriers, with or without work. */
+TGT static void run_thread(const gemm_args *g, int nth, int t, char *work, size_t a_part, size_t b_slot) {
+    int tm, tn;
+    choose_grid(nth, g->M, g->N, &tm, &tn);
+    int mt = (g->M + MR - 1) / MR, ntl = (g->N + NR - 1) / NR, r = t / tn, c = t % tn;
+    int mlo, mhi, nlo, nhi;
+    split(mt, tm, r, &mlo, &mhi);
+    split(ntl, tn, c, &nlo, &nhi);
+    int m0 = mlo * MR, m1 = imin(g->M, mhi * MR), n0 = nlo * NR, n1 = imin(g->N, nhi * NR);
+    int rows_most = imin(g->M, (mt + tm - 1) / tm * MR), n_super = (rows_most + MA - 1) / MA;
+    /* two A slices per grid row, used in turn: while a thread packs slice i+1, the others may
+     * still multiply with slice i, and slice i-1 is free (everyone passed the barrier after it) */
+    size_t a_slot = a_slot_bytes(g->M, g->K, tm);
+    uint32_t *bp = (uint32_t *)(work + a_part + (size_t)t * b_slot);
+    int turn = 0;
+    for (int sb = 0; sb < n_super; sb++) {
+        int ia = m0 + sb * MA, ma = imax(0, imin(MA, m1 - ia));
+        for (int pc = 0; pc < g->K; pc += KC, turn ^= 1) {
             int kc = imin(KC, g->K - pc), np = (kc + 1) / 2;
             int mode = pc > 0 ? 2 : g->beta == 0.0f ? 0 : 1;
-            pack_a(ap, g, pc, kc, ia, ma);
+            uint32_t *ap = (uint32_t *)(work + (size_t)(2 * r + turn) * a_slot);
+            for (int p = c; p * MR < ma; p += tn)
+                pack_a(ap + (size_t)p * np * MR, g, pc, kc, ia + p * MR, imin(MR, ma - p * MR));
+            int busy = ma > 0 && n0 < n1;
+            if (busy) pack_b(bp, g, pc, kc, n0, imin(NC, n1 - n0)); /* needs no A: before the wait */
+            if (nth > 1) {
+#pragma omp barrier
+            } /* the slice is complete */
+            if (!busy) continue;
             for (int jc = n0; jc < n1; jc += NC) {
                 int nc = imin(NC, n1 - jc);
-                pack_b(bp, g, pc, kc, jc, nc);
+                if (jc > n0) pack_b(bp, g, pc, kc, jc, nc);
                 /* the block packed next: same slice, next columns; else next slice; else next rows */
                 pf_cursor pf = {0};
                 if (jc + NC < n1) pf_b(&pf, g, pc, kc, jc + NC, imin(NC, n1 - jc - NC));
@@ -428,33 +476,11 @@ TGT static void run_block(const gemm_args *g, int m0, int m1, int n0, int n1, ui
     }
 }
 
-/* Tiles [lo, hi) of n tiles split into parts: part q of parts (balanced, contiguous). */
-static void split(int ntiles, int parts, int q, int *lo, int *hi) {
-    int base = ntiles / parts, rem = ntiles % parts;
-    *lo = q * base + imin(q, rem);
-    *hi = *lo + base + (q < rem);
-}
-
 static void gemm_avx512(const gemm_args *g, void *work) {
-    gemm_plan pl;
-    int in_par = omp_in_parallel();
-    make_plan(&pl, g->M, g->N, g->K, in_par ? 1 : omp_get_max_threads());
-    int mt = (g->M + MR - 1) / MR, ntl = (g->N + NR - 1) / NR;
-    size_t slot = pl.a_bytes + pl.b_bytes;
-#pragma omp parallel num_threads(pl.nt) if (pl.nt > 1)
-    {
-        int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        /* a region may get fewer threads than asked: each thread then runs several grid cells */
-        for (int cell = t; cell < pl.tm * pl.tn; cell += nth) {
-            int mlo, mhi, nlo, nhi;
-            split(mt, pl.tm, cell / pl.tn, &mlo, &mhi);
-            split(ntl, pl.tn, cell % pl.tn, &nlo, &nhi);
-            if (mlo >= mhi || nlo >= nhi) continue;
-            char *w = (char *)work + (size_t)t * slot;
-            run_block(g, mlo * MR, imin(g->M, mhi * MR), nlo * NR, imin(g->N, nhi * NR), (uint32_t *)w,
-                      (uint32_t *)(w + pl.a_bytes));
-        }
-    }
+    int nt = plan_threads(g->M, g->N, g->K, omp_in_parallel() ? 1 : omp_get_max_threads());
+    size_t a_part = a_part_bytes(g->M, g->N, g->K, nt), b_slot = b_slot_bytes(g->N, g->K);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    run_thread(g, omp_get_num_threads(), omp_get_thread_num(), work, a_part, b_slot);
 }
 #endif /* KN_BF16_X86 */
 
