@@ -1,11 +1,16 @@
 /* bench_tool: the C half of `make bench` (bench/run_bench.sh drives it).
  *
- *   bench_tool peak     [--n 2048] [--threads T]       sgemm GFLOP/s (OpenBLAS), 1 thread and T
+ *   bench_tool peak     [--n 2048] [--threads T]       the peak of each compute path, 1 thread
+ *                                                      and T: f32 FMA and vdpbf16ps instruction
+ *                                                      peaks, sgemm and kn_gemm_bf16 on n^3;
+ *                                                      AMX named (one JSON line)
  *   bench_tool kernels  [--threads T] [--model small|medium] [--batch-tokens N] [--seq N] [--peak GFLOPS]
  *                                                      kernel micro-benchmarks at training shapes
- *   bench_tool fixtures --out DIR [--shared DIR] [--sizes small,medium] [--dtypes f32,bf16,f16]
- *                                                      random HF Llama models (f32, bf16; f16
- *                                                      on request), benchmark data (the longest
+ *   bench_tool fixtures --out DIR [--shared DIR] [--sizes small,medium,7b-slice] [--dtypes f32,bf16,f16]
+ *                       [--train-examples 28]          random HF Llama models (f32, bf16; f16
+ *                                                      on request; the 7B slice in bf16 only),
+ *                                                      training data (the first 28 examples in
+ *                                                      file order), profile data (the longest
  *                                                      micro-batch first, for the warm-up),
  *                                                      tokenizer, Alpaca data; DIR/fixtures.sh
  *   bench_tool tokens   --tokenizer T --data D [--max-seq-len N] --out FILE
@@ -16,7 +21,8 @@
  *                                                      N(0,X) or 0) as safetensors: both sides
  *                                                      start from the same numbers
  *   bench_tool profile  --model DIR --tokenizer T --data D [--adapter-layer L] [--first W]
- *                       [--steps N] [--threads T]      where an adapter training step spends its
+ *                       [--steps N] [--threads T] [--precision f32|bf16]
+ *                                                      where an adapter training step spends its
  *                                                      time, op by op (forward frozen/adapted,
  *                                                      backward, AdamW), through the library ops
  *   bench_tool prompt-ids --tokens FILE                the first example's prompt ids (no bos)
@@ -28,10 +34,20 @@
  *   adapted layer extra:   4*K*dim*kv_dim (prompt keys/values) + sum_s 4*n_s*K*dim (prefix)
  *   classifier:            2*N_loss*dim*vocab (only rows that carry a label are useful)
  *   adapter backward:      adapted layers' linears once (dX only, frozen weights have no dW),
- *                          their attention, prefix and prompt k/v twice, classifier dX once. The lowest adapted layer's input gradients (not needed) are
- *                          counted too: at most 1/L of the backward.
+ *                          their attention, prefix and prompt k/v twice, classifier dX once.
+ *                          The lowest adapted layer's input gradients (not needed) are counted
+ *                          too: at most 1/L of the backward.
  *   full backward:         every linear twice (dX and dW), attention twice, classifier twice.
- *   MFU = counted FLOPs / seconds / sgemm peak (all threads).
+ *   T, n_s and N_loss are the real tokens of the step's micro-batch: what PyTorch spends on
+ *   padding, on logits at unlabelled positions or on weight conversions is not useful work, so
+ *   the same step counts the same FLOPs for every implementation and MFU compares like with like.
+ *   Per timed step s: useful GFLOP/s_s = FLOPs_s / seconds_s; a row reports the median over the
+ *   timed steps (loss tokens/s and tokens/s likewise, each the median of per-step rates).
+ *   MFU = that median / the measured instruction peak of the path the run's GEMMs use, all
+ *   threads (cmd_peak): f32 FMA for f32 runs (C --precision f32, PyTorch fp32), vdpbf16ps for
+ *   bf16 runs (C --precision bf16, PyTorch bf16 and autocast, whose oneDNN GEMMs use
+ *   AVX512-BF16 on this kind of CPU). Against an instruction peak, not a GEMM's rate: 100% is
+ *   out of reach even for a GEMM alone (the report prints what sgemm and kn_gemm_bf16 reach).
  * What it deliberately does not do: time the C trainer itself (the real binary does, through
  * metrics.jsonl), or pass/fail anything (tests/test_torch_reference.c is the check). */
 #include <cJSON.h>
@@ -44,6 +60,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h> /* the instruction-peak loops (cmd_peak) */
+#define PK_X86 1
+#endif
 
 #include "autograd/kernels/kernels.h"
 #include "trainer/llama.h"
@@ -103,35 +124,151 @@ static void *xmalloc(size_t n) {
 
 /* ---- peak ----------------------------------------------------------------------------------- */
 
-/* Best of `reps` square sgemms of size n, GFLOP/s, with `threads` OpenMP/OpenBLAS threads. */
-static double sgemm_gflops(int n, int threads, int reps) {
+/* Best of `reps` square GEMMs C = A B^T of size n, GFLOP/s, with `threads` OpenMP/OpenBLAS
+ * threads: OpenBLAS sgemm (bf16 = 0), or kn_gemm_bf16 with B in bf16 (bf16 = 1, the forward form
+ * x W^T of the bf16 path). */
+static double gemm_gflops(int n, int threads, int reps, int bf16) {
     omp_set_num_threads(threads);
     size_t nn = (size_t)n * n;
     float *A = xmalloc(nn * 4), *B = xmalloc(nn * 4), *C = xmalloc(nn * 4);
+    uint16_t *Bb = bf16 ? xmalloc(nn * 2) : NULL;
+    void *work = NULL;
     ag_rng r;
     ag_rng_seed(&r, 7);
     for (size_t i = 0; i < nn; i++) {
         A[i] = (float)ag_rng_uniform(&r) - 0.5f;
         B[i] = (float)ag_rng_uniform(&r) - 0.5f;
+        if (Bb) Bb[i] = ag_f32_to_bf16(B[i]);
     }
-    kn_sgemm(0, 0, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n); /* warm-up */
+    if (bf16 && posix_memalign(&work, 64, kn_gemm_bf16_workspace(n, n, n) + 64)) work = NULL;
+    if (bf16 && !work) {
+        free(A), free(B), free(C), free(Bb);
+        return 0;
+    }
     double best = 1e30;
-    for (int k = 0; k < reps; k++) {
+    for (int k = 0; k <= reps; k++) { /* k = 0: the untimed warm-up */
         double t0 = now();
-        kn_sgemm(0, 0, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n);
+        if (bf16) kn_gemm_bf16(0, 1, n, n, n, 1.0f, A, n, Bb, AG_BF16, n, 0.0f, C, n, work);
+        else kn_sgemm(0, 1, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n);
         double dt = now() - t0;
-        if (dt < best) best = dt;
+        if (k && dt < best) best = dt;
     }
     free(A);
     free(B);
     free(C);
+    free(Bb);
+    free(work);
     return 2.0 * n * (double)n * n / best / 1e9;
 }
 
+static double sgemm_gflops(int n, int threads, int reps) { return gemm_gflops(n, threads, reps, 0); }
+
+/* Instruction peaks: register-only loops of 16 independent accumulators (no memory traffic), the
+ * method of bench/gemm_peak.c (copied here so the bench does not depend on that program's output
+ * format): f32 FMA on zmm and ymm (the f32 path's instruction: OpenBLAS uses one of them), and
+ * vdpbf16ps on zmm (the bf16 path's: 32 bf16 multiply-adds into 16 f32 sums per instruction).
+ * GFLOP/s count 2 flops per multiply-add. */
+#define PK_NACC 16
+#ifdef PK_X86
+__attribute__((target("avx512f,avx512bf16"), noinline)) static float pk_loop_dpbf16(long iters) {
+    __m512 acc[PK_NACC];
+    for (int i = 0; i < PK_NACC; i++) acc[i] = _mm512_set1_ps((float)i);
+    __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x00010001);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < PK_NACC; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+        __asm__ volatile("" : "+v"(a)); /* a is opaque: nothing is hoisted */
+    }
+    __m512 s = acc[0];
+    for (int i = 1; i < PK_NACC; i++) s = _mm512_add_ps(s, acc[i]);
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f"), noinline)) static float pk_loop_fma512(long iters) {
+    __m512 acc[PK_NACC];
+    for (int i = 0; i < PK_NACC; i++) acc[i] = _mm512_set1_ps((float)i);
+    __m512 a = _mm512_set1_ps(1.0f), b = _mm512_set1_ps(1e-30f);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < PK_NACC; i++) acc[i] = _mm512_fmadd_ps(a, b, acc[i]);
+        __asm__ volatile("" : "+v"(a));
+    }
+    __m512 s = acc[0];
+    for (int i = 1; i < PK_NACC; i++) s = _mm512_add_ps(s, acc[i]);
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"), noinline)) static float pk_loop_fma256(long iters) {
+    __m256 acc[PK_NACC];
+    for (int i = 0; i < PK_NACC; i++) acc[i] = _mm256_set1_ps((float)i);
+    __m256 a = _mm256_set1_ps(1.0f), b = _mm256_set1_ps(1e-30f);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < PK_NACC; i++) acc[i] = _mm256_fmadd_ps(a, b, acc[i]);
+        __asm__ volatile("" : "+x"(a));
+    }
+    __m256 s = acc[0];
+    for (int i = 1; i < PK_NACC; i++) s = _mm256_add_ps(s, acc[i]);
+    float o[8];
+    _mm256_storeu_ps(o, s);
+    return o[0] + o[7];
+}
+#endif
+
+static volatile float pk_sink;
+
+/* GFLOP/s of loop fn (flops_per_iter per iteration) on `threads` threads at once, best of 3. */
+static double pk_rate(float (*fn)(long), double flops_per_iter, int threads) {
+    long iters = 10000000;
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = now();
+#pragma omp parallel num_threads(threads)
+        {
+            float v = fn(iters);
+            if (v == 12345.0f) pk_sink = v;
+        }
+        double g = flops_per_iter * iters * threads / (now() - t0) * 1e-9;
+        if (g > best) best = g;
+    }
+    return best;
+}
+
+/* One JSON line: the peak of each compute path on this machine, 1 thread and `threads`.
+ *   f32 path (OpenBLAS sgemm): the f32 FMA instruction peak (zmm when the CPU has AVX-512,
+ *     otherwise ymm), and what sgemm reaches on a square n x n x n GEMM;
+ *   bf16 path (kn_gemm_bf16, AVX512-BF16): the vdpbf16ps instruction peak, and what
+ *     kn_gemm_bf16 reaches on the same GEMM with B in bf16 (0 when the CPU lacks AVX512-BF16);
+ *   AMX: named only (this build has no AMX kernel; see trainer/precision.h).
+ * The report's MFU divides by the instruction peak of the path a run used. */
 static int cmd_peak(int argc, char **argv) {
     int n = opt_int(argc, argv, "n", 2048), threads = opt_int(argc, argv, "threads", omp_get_num_procs());
+    const kn_cpu_info *ci = kn_cpu();
+    double f1 = 0, ft = 0, b1 = 0, bt = 0;
+    const char *isa = "none";
+#ifdef PK_X86
+    if (ci->avx512f) {
+        f1 = pk_rate(pk_loop_fma512, PK_NACC * 32.0, 1), ft = pk_rate(pk_loop_fma512, PK_NACC * 32.0, threads);
+        isa = "vfmadd231ps zmm";
+    } else if (ci->avx2 && ci->fma) {
+        f1 = pk_rate(pk_loop_fma256, PK_NACC * 16.0, 1), ft = pk_rate(pk_loop_fma256, PK_NACC * 16.0, threads);
+        isa = "vfmadd231ps ymm";
+    }
+    if (kn_bf16_gemm_available())
+        b1 = pk_rate(pk_loop_dpbf16, PK_NACC * 64.0, 1), bt = pk_rate(pk_loop_dpbf16, PK_NACC * 64.0, threads);
+#endif
     double g1 = sgemm_gflops(n, 1, 3), gt = sgemm_gflops(n, threads, 3);
-    printf("{\"kind\":\"peak\",\"n\":%d,\"threads\":%d,\"gflops_1t\":%.2f,\"gflops\":%.2f}\n", n, threads, g1, gt);
+    double gb = kn_bf16_gemm_available() ? gemm_gflops(n, threads, 3, 1) : 0;
+    char brand[sizeof ci->brand];
+    snprintf(brand, sizeof brand, "%s", ci->brand);
+    for (char *p = brand; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 32) *p = ' ';
+    const char *amx = ci->amx_tile && ci->amx_bf16 ? "present, but this build has no AMX kernel (bf16 runs on AVX512-BF16)"
+                                                   : "not available (this CPU has no AMX tiles)";
+    printf("{\"kind\":\"peak\",\"cpu\":\"%s\",\"n\":%d,\"threads\":%d,\"gflops_1t\":%.2f,\"gflops\":%.2f,"
+           "\"f32_isa\":\"%s\",\"f32_peak_1t\":%.2f,\"f32_peak\":%.2f,\"bf16_peak_1t\":%.2f,\"bf16_peak\":%.2f,"
+           "\"bf16_gemm\":%.2f,\"amx\":\"%s\"}\n",
+           brand, n, threads, g1, gt, isa, f1, ft, b1, bt, gb, amx);
     return 0;
 }
 
@@ -173,8 +310,9 @@ static int cmd_kernels(int argc, char **argv) {
     omp_set_num_threads(threads);
     const char *pk = opt(argc, argv, "peak", NULL);
     double peak = pk ? atof(pk) : sgemm_gflops(2048, threads, 3);
-    printf("kernels at the shapes of a %s training micro-batch (T=%d tokens, sequences of %d, %d with a label), %d threads\n",
-           size, T, n, NL, threads);
+    printf("kernels at the shapes of a %s training micro-batch (T=%d tokens, sequences of %d, %d with a label), %d threads;\n"
+           "%% of peak: of %.1f GFLOP/s (--peak, default the sgemm n=2048 rate)\n",
+           size, T, n, NL, threads, peak);
     ag_rng r;
     ag_rng_seed(&r, 3);
     size_t big = (size_t)V * dim;
@@ -235,7 +373,7 @@ static int cmd_kernels(int argc, char **argv) {
     int ns = T / n, Tq = ns * n;
     int *off = xmalloc(((size_t)ns + 1) * sizeof(int));
     for (int s = 0; s <= ns; s++) off[s] = s * n;
-    kn_attn_shape as = {ns, H, H, D, K, off, off};
+    kn_attn_shape as = {.n_seq = ns, .H = H, .G = H, .D = D, .K = K, .qo = off, .ko = off};
     float *q = xmalloc((size_t)Tq * dim * 4), *k = xmalloc((size_t)Tq * dim * 4), *v = xmalloc((size_t)Tq * dim * 4);
     float *o = xmalloc((size_t)Tq * dim * 4), *ka = xmalloc((size_t)K * dim * 4), *va = xmalloc((size_t)K * dim * 4);
     float *dq = xmalloc((size_t)Tq * dim * 4), *dk = xmalloc((size_t)Tq * dim * 4), *dv = xmalloc((size_t)Tq * dim * 4);
@@ -260,7 +398,7 @@ static int cmd_kernels(int argc, char **argv) {
     {
         int lens[4] = {141, 349, 150, 127}, uoff[5] = {0};
         for (int s2 = 0; s2 < 4; s2++) uoff[s2 + 1] = uoff[s2] + lens[s2];
-        kn_attn_shape us = {4, H, H, D, K, uoff, uoff};
+        kn_attn_shape us = {.n_seq = 4, .H = H, .G = H, .D = D, .K = K, .qo = uoff, .ko = uoff};
         float *uq = xmalloc((size_t)uoff[4] * dim * 4), *uk = xmalloc((size_t)uoff[4] * dim * 4);
         float *uv = xmalloc((size_t)uoff[4] * dim * 4), *uo = xmalloc((size_t)uoff[4] * dim * 4);
         float *ult = xmalloc((size_t)uoff[4] * H * 4), *ula = xmalloc((size_t)uoff[4] * H * 4);
@@ -337,10 +475,13 @@ static int cmd_kernels(int argc, char **argv) {
 
 /* ---- fixtures ------------------------------------------------------------------------------- */
 
-typedef struct size_spec { const char *name; int dim, n_layers, n_heads, hidden; } size_spec;
+typedef struct size_spec { const char *name; int dim, n_layers, n_heads, hidden, bf16_only; } size_spec;
 static const size_spec SIZES[] = {
-    {"small", 256, 4, 8, 768},    /* hidden = LLaMA's rule: 256-multiple of 2/3 * 4 * dim */
-    {"medium", 768, 12, 12, 2048}, /* GPT-2-small-like */
+    {"small", 256, 4, 8, 768, 0},    /* hidden = LLaMA's rule: 256-multiple of 2/3 * 4 * dim */
+    {"medium", 768, 12, 12, 2048, 0}, /* GPT-2-small-like */
+    /* two layers of LLaMA-7B's shape (LLaMA-2-7B's config; 1.3 GB): written in bf16 only, as 7B
+     * checkpoints are distributed (an f32 copy would be 2.6 GB and serve no configuration) */
+    {"7b-slice", 4096, 2, 32, 11008, 1},
 };
 
 /* 1 when the comma- or space-separated list holds item. */
@@ -504,7 +645,7 @@ static int cmd_fixtures(int argc, char **argv) {
         char abs1[PATH_MAX], abs2[PATH_MAX];
         if (realpath(tokp, abs1)) snprintf(tokp, sizeof tokp, "%s", abs1);
         if (realpath(datap, abs2)) snprintf(datap, sizeof datap, "%s", abs2);
-        snprintf(source, sizeof source, "../shared: LLaMA-2 tokenizer (32000 pieces), alpaca_small.json (its 4 longest of the first 256 examples put first, twice: the warm-up steps)");
+        snprintf(source, sizeof source, "../shared: LLaMA-2 tokenizer (32000 pieces), alpaca_small.json (training: its first 28 examples in file order)");
     } else { /* offline fallback: synthetic Alpaca-like data and a tokenizer trained on it */
         char corpus[4096], prefix[4096];
         snprintf(datap, sizeof datap, "%s/synth_alpaca.json", out);
@@ -521,12 +662,19 @@ static int cmd_fixtures(int argc, char **argv) {
                 return 1;
             }
         }
-        snprintf(source, sizeof source, "synthetic (no ../shared): 800 Alpaca-like examples (the 4 longest first, twice), BPE tokenizer trained on them");
+        snprintf(source, sizeof source, "synthetic (no ../shared): 800 Alpaca-like examples (training: the first 28), BPE tokenizer trained on them");
     }
-    /* the training data of the benchmark: the B longest of the first 256 examples twice first, so
-     * the two warm-up steps meet the largest micro-batch (the arena and allocators reach their
-     * high-water mark and touch their pages before the timed steps, on both sides), then the rest
-     * in file order */
+    /* the timed training runs (issue 11's setup): the first --train-examples (28: 7 micro-batches of
+     * 4, 2 warm-up + 5 timed steps) examples in file order.
+     * The profile's data: the B longest of the first 256 examples twice first, so the two warm-up
+     * steps meet the largest micro-batch (the arena and allocators reach their high-water mark and
+     * touch their pages before the timed steps), then the rest in file order. */
+    char trainp[4096];
+    snprintf(trainp, sizeof trainp, "%s/train_head.json", out);
+    if (alpaca_head(datap, trainp, opt_int(argc, argv, "train-examples", 28))) {
+        fprintf(stderr, "bench_tool fixtures: %s: cannot write the first examples of %s\n", trainp, datap);
+        return 1;
+    }
     {
         char benchp[4096];
         snprintf(benchp, sizeof benchp, "%s/bench_data.json", out);
@@ -551,9 +699,10 @@ static int cmd_fixtures(int argc, char **argv) {
                  c.n_layers, c.n_heads, c.hidden_dim, c.vocab_size, s + 1);
         const char *dts[3] = {"f32", "bf16", "f16"};
         const ag_dtype dtv[3] = {AG_F32, AG_BF16, AG_F16};
-        int nd = list_has(opt(argc, argv, "dtypes", "f32,bf16"), "f16") ? 3 : 2;
+        int nd = list_has(opt(argc, argv, "dtypes", "f32,bf16"), "f16") ? 3 : 2, d0 = z->bf16_only ? 1 : 0;
+        if (z->bf16_only) nd = 2;
         int have = 1;
-        for (int d = 0; d < nd; d++) {
+        for (int d = d0; d < nd; d++) {
             snprintf(p, sizeof p, "%s/%s-%s/bench_stamp", out, z->name, dts[d]);
             char *old = read_all(p, NULL);
             have &= old && !strcmp(old, stamp);
@@ -566,7 +715,7 @@ static int cmd_fixtures(int argc, char **argv) {
             fprintf(stderr, "bench_tool fixtures: cannot make the %s model\n", z->name);
             return 1;
         }
-        for (int d = 0; d < nd; d++) {
+        for (int d = d0; d < nd; d++) {
             snprintf(p, sizeof p, "%s/%s-%s", out, z->name, dts[d]);
             if (model_save_hf(p, &w, dtv[d], 0, err, sizeof err)) {
                 fprintf(stderr, "bench_tool fixtures: %s\n", err);
@@ -580,8 +729,8 @@ static int cmd_fixtures(int argc, char **argv) {
                 fclose(f);
             }
         }
-        fprintf(stderr, "fixtures: %s model (%zu parameters) written as f32, bf16%s in %.1f s\n", z->name,
-                model_param_count(&c), nd > 2 ? ", f16" : "", now() - t0);
+        fprintf(stderr, "fixtures: %s model (%zu parameters) written as %s%s in %.1f s\n", z->name,
+                model_param_count(&c), d0 ? "bf16" : "f32, bf16", nd > 2 ? ", f16" : "", now() - t0);
         model_free(&w);
     }
     snprintf(p, sizeof p, "%s/fixtures.sh", out);
@@ -590,7 +739,8 @@ static int cmd_fixtures(int argc, char **argv) {
         fprintf(stderr, "bench_tool fixtures: %s: cannot write\n", p);
         return 1;
     }
-    fprintf(f, "TOKENIZER='%s'\nDATA='%s'\nEVAL_DATA='%s'\nDATA_SOURCE='%s'\n", tokp, datap, evalp, source);
+    fprintf(f, "TOKENIZER='%s'\nDATA='%s'\nTRAIN_DATA='%s'\nEVAL_DATA='%s'\nDATA_SOURCE='%s'\n", tokp, datap, trainp, evalp,
+            source);
     fclose(f);
     return 0;
 }
@@ -721,9 +871,14 @@ static int cmd_profile(int argc, char **argv) {
     int L = opt_int(argc, argv, "adapter-layer", 30), K = opt_int(argc, argv, "adapter-len", 10);
     int B = opt_int(argc, argv, "batch-size", 4), W = opt_int(argc, argv, "first", 2), N = opt_int(argc, argv, "steps", 4);
     int threads = opt_int(argc, argv, "threads", omp_get_num_procs());
+    int bf16 = !strcmp(opt(argc, argv, "precision", "f32"), "bf16");
     if (!model || !tokp || !data) {
         fprintf(stderr, "bench_tool profile: --model, --tokenizer and --data are required\n");
         return 2;
+    }
+    if (bf16 && !kn_bf16_gemm_available()) {
+        fprintf(stderr, "bench_tool profile: --precision bf16: this CPU has no AVX512-BF16\n");
+        return 1;
     }
     omp_set_num_threads(threads);
     char err[1024];
@@ -754,6 +909,7 @@ static int cmd_profile(int argc, char **argv) {
     adamw_init(&opt_, tr.n, 0.9, 0.95, 1e-8, 0.02);
     ag_arena_init(&arena, 1 << 24);
     ag_tape_init(&tape, &arena);
+    tape.bf16 = bf16; /* as the trainer sets it for --precision bf16 */
     prof P, junk;
     memset(&P, 0, sizeof P);
     P.w = &w;
@@ -782,8 +938,8 @@ static int cmd_profile(int argc, char **argv) {
             ltokens += mb->n_loss;
         }
     }
-    printf("profile: %s, adapter K=%d L=%d of %d layers, batch %d, %d timed steps after %d warm-up, %d threads\n", model, K, L,
-           w.cfg.n_layers, B, N, W, threads);
+    printf("profile: %s, adapter K=%d L=%d of %d layers, batch %d, %d timed steps after %d warm-up, %d threads, %s GEMMs\n", model,
+           K, L, w.cfg.n_layers, B, N, W, threads, bf16 ? "bf16" : "f32");
     printf("         %.0f tokens (%.0f with a label) in %.3f s: %.0f tok/s; arena high-water %.1f MB\n", tokens, ltokens, P.total,
            tokens / P.total, arena.high / 1e6);
     printf("  %-30s %10s %10s %10s %7s\n", "op", "fwd frozen", "fwd adapt.", "backward", "share");
@@ -909,33 +1065,6 @@ static double count_flops(const mcfg *m, const tokset *ts, int B, int first, int
     return total;
 }
 
-/* Step times and losses from a C run's metrics.jsonl: seconds of steps [first, first+steps). */
-static int c_metrics(const char *path, int first, int steps, double *seconds, double *losses, int max_losses, int *n_losses) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char line[8192];
-    int i = 0;
-    *seconds = 0;
-    *n_losses = 0;
-    while (fgets(line, sizeof line, f)) {
-        cJSON *o = cJSON_Parse(line);
-        if (!o) continue;
-        double tt = cJSON_GetObjectItem(o, "total_tokens")->valuedouble;
-        double tps = cJSON_GetObjectItem(o, "total_tokens_per_s")->valuedouble;
-        if (i < max_losses) losses[(*n_losses)++] = cJSON_GetObjectItem(o, "loss")->valuedouble;
-        if (i >= first && i < first + steps && tps > 0) *seconds += tt / tps;
-        cJSON_Delete(o);
-        i++;
-    }
-    fclose(f);
-    return i >= first + steps ? 0 : -1;
-}
-
-typedef struct rec {
-    cJSON *j;
-    const char *kind, *impl, *model, *method;
-} rec;
-
 static const char *sget(cJSON *j, const char *k) {
     cJSON *v = cJSON_GetObjectItem(j, k);
     return cJSON_IsString(v) ? v->valuestring : "";
@@ -945,23 +1074,131 @@ static double nget(cJSON *j, const char *k, double def) {
     return cJSON_IsNumber(v) ? v->valuedouble : def;
 }
 
-/* Seconds and losses of a train record (C records point at metrics.jsonl). */
+/* Per-step seconds of steps [first, first+steps) and the losses of every step (up to max_losses)
+ * from a C run's metrics.jsonl (a step's seconds: total_tokens / total_tokens_per_s). */
+static int c_metrics(const char *path, int first, int steps, double *sec, double *losses, int max_losses, int *n_losses) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[8192];
+    int i = 0, got = 0;
+    *n_losses = 0;
+    while (fgets(line, sizeof line, f)) {
+        cJSON *o = cJSON_Parse(line);
+        if (!o) continue;
+        double tt = nget(o, "total_tokens", 0), tps = nget(o, "total_tokens_per_s", 0);
+        if (i < max_losses) losses[(*n_losses)++] = nget(o, "loss", NAN);
+        if (i >= first && i < first + steps && tps > 0) sec[got++] = tt / tps;
+        cJSON_Delete(o);
+        i++;
+    }
+    fclose(f);
+    return got == steps ? 0 : -1;
+}
+
+typedef struct rec {
+    cJSON *j;
+    const char *kind, *impl, *model, *method;
+} rec;
+
+/* Per-step seconds of the timed steps and the losses of a train record (C records point at
+ * their metrics.jsonl; PyTorch records carry step_seconds, warm-up steps included). */
 static int train_numbers(cJSON *j, double *sec, double *losses, int *nl) {
     int first = (int)nget(j, "first", 0), steps = (int)nget(j, "steps", 0);
+    if (steps < 1 || steps > 64) return -1;
     if (!strcmp(sget(j, "impl"), "c")) return c_metrics(sget(j, "metrics"), first, steps, sec, losses, 64, nl);
-    *sec = nget(j, "seconds", -1);
-    cJSON *l = cJSON_GetObjectItem(j, "losses");
+    cJSON *st = cJSON_GetObjectItem(j, "step_seconds"), *l = cJSON_GetObjectItem(j, "losses");
+    if (cJSON_GetArraySize(st) < first + steps) return -1;
+    for (int i = 0; i < steps; i++) sec[i] = cJSON_GetArrayItem(st, first + i)->valuedouble;
     *nl = 0;
     for (cJSON *e = l ? l->child : NULL; e && *nl < 64; e = e->next) losses[(*nl)++] = e->valuedouble;
-    return *sec > 0 ? 0 : -1;
+    return 0;
 }
 
 static const char *impl_name(const char *impl) {
     if (!strcmp(impl, "c")) return "C llama-adapter";
-    if (!strcmp(impl, "torch-ref")) return "PyTorch reference-style";
-    if (!strcmp(impl, "torch-ref512")) return "PyTorch ref., pad to 512";
+    if (!strcmp(impl, "torch-ref")) return "PyTorch padded to longest";
+    if (!strcmp(impl, "torch-ref512")) return "PyTorch reference-style";
     if (!strcmp(impl, "torch-opt")) return "PyTorch optimised";
     return impl;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n) {
+    double t[64];
+    if (n < 1) return 0;
+    if (n > 64) n = 64;
+    memcpy(t, v, sizeof(double) * (size_t)n);
+    qsort(t, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* The peaks of the compute paths (bench_tool peak) and PyTorch's GEMM rates (peer_torch matmul). */
+typedef struct peaks {
+    double f32, f32_1t, bf16, bf16_1t, sgemm, sgemm_1t, bf16_gemm, torch_f32, torch_bf16;
+    int threads, n;
+    const char *cpu, *isa, *amx;
+} peaks;
+
+/* The measured peak a run at precision prec is held against: the f32 FMA instruction peak for
+ * f32, the vdpbf16ps peak for bf16 and autocast (bf16 GEMMs), f32's where the CPU has no bf16. */
+static double path_peak(const peaks *P, const char *prec) {
+    return strcmp(prec, "f32") && P->bf16 > 0 ? P->bf16 : P->f32;
+}
+
+/* One (implementation, precision, weights) row of a training table: the numbers of its best
+ * run (the highest median loss tokens/s) over the timed steps of that run. */
+typedef struct trow {
+    const char *impl, *prec, *wts;
+    int runs, nl;
+    double lps, tps, sps, gfl, rss; /* medians of loss tok/s, tok/s, s/step, useful GFLOP/s; peak RSS MB */
+    double lps_worst, padded;
+    double losses[64];
+} trow;
+
+/* What the summary keeps of one training table. */
+typedef struct tsum {
+    const char *size, *method;
+    const trow *cbf, *cf, *fast, *opt32, *ref512;
+    double pk_f32, pk_bf16;
+} tsum;
+
+static void print_summary(const tsum *S, int ns) {
+    int any = 0;
+    for (int i = 0; i < ns; i++) any |= !strcmp(S[i].method, "adapter");
+    if (!any) return;
+    printf("\n== summary: adapter training, loss tokens/s (MFU against the path's instruction peak); C f32: the faster of\n"
+           "   its runs on the bf16 and the f32 file\n\n");
+    printf("| shape | C bf16 | C f32 | fastest PyTorch | PyTorch fp32 unpadded | PyTorch reference-style | C bf16 / fastest "
+           "PyTorch | C f32 / PyTorch fp32 unpadded | C bf16 / reference-style |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < ns; i++) {
+        const tsum *s = &S[i];
+        if (strcmp(s->method, "adapter")) continue;
+        char c[5][96], r[3][24];
+        const trow *rw[5] = {s->cbf, s->cf, s->fast, s->opt32, s->ref512};
+        for (int k = 0; k < 5; k++) {
+            if (!rw[k]) {
+                snprintf(c[k], sizeof c[k], "-");
+                continue;
+            }
+            double pk = strcmp(rw[k]->prec, "f32") && s->pk_bf16 > 0 ? s->pk_bf16 : s->pk_f32;
+            if (k == 2) /* which configuration was the fastest */
+                snprintf(c[k], sizeof c[k], "%.1f (%.0f%%; %s, %s)", rw[k]->lps, 100.0 * rw[k]->gfl / pk, rw[k]->prec,
+                         !strcmp(rw[k]->impl, "torch-opt")   ? "unpadded"
+                         : !strcmp(rw[k]->impl, "torch-ref") ? "padded to longest"
+                                                             : "padded to 512");
+            else snprintf(c[k], sizeof c[k], "%.1f (%.0f%%)", rw[k]->lps, 100.0 * rw[k]->gfl / pk);
+        }
+        const trow *num[3] = {s->cbf, s->cf, s->cbf}, *den[3] = {s->fast, s->opt32, s->ref512};
+        for (int k = 0; k < 3; k++) {
+            if (num[k] && den[k] && den[k]->lps > 0) snprintf(r[k], sizeof r[k], "%.2fx", num[k]->lps / den[k]->lps);
+            else snprintf(r[k], sizeof r[k], "-");
+        }
+        printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s->size, c[0], c[1], c[2], c[3], c[4], r[0], r[1], r[2]);
+    }
 }
 
 static int cmd_report(int argc, char **argv) {
@@ -984,15 +1221,35 @@ static int cmd_report(int argc, char **argv) {
         rs[n++] = (rec){j, sget(j, "kind"), sget(j, "impl"), sget(j, "model"), sget(j, "method")};
     }
     fclose(f);
-    double peak = 0, peak1 = 0;
-    int threads = 0;
-    for (int i = 0; i < n; i++)
+    peaks P = {0};
+    P.cpu = P.isa = P.amx = "";
+    for (int i = 0; i < n; i++) {
+        cJSON *j = rs[i].j;
         if (!strcmp(rs[i].kind, "peak")) {
-            peak = nget(rs[i].j, "gflops", 0);
-            peak1 = nget(rs[i].j, "gflops_1t", 0);
-            threads = (int)nget(rs[i].j, "threads", 0);
+            P.sgemm = nget(j, "gflops", 0), P.sgemm_1t = nget(j, "gflops_1t", 0), P.n = (int)nget(j, "n", 0);
+            P.threads = (int)nget(j, "threads", 0), P.f32 = nget(j, "f32_peak", 0), P.f32_1t = nget(j, "f32_peak_1t", 0);
+            P.bf16 = nget(j, "bf16_peak", 0), P.bf16_1t = nget(j, "bf16_peak_1t", 0), P.bf16_gemm = nget(j, "bf16_gemm", 0);
+            P.cpu = sget(j, "cpu"), P.isa = sget(j, "f32_isa"), P.amx = sget(j, "amx");
+            if (P.f32 <= 0) P.f32 = P.sgemm; /* no FMA loop for this CPU: the sgemm rate stands in */
         }
-    printf("\nmachine: %d threads; OpenBLAS sgemm peak %.1f GFLOP/s (1 thread %.1f), square n=2048\n", threads, peak, peak1);
+        if (!strcmp(rs[i].kind, "torch_peak")) P.torch_f32 = nget(j, "gflops", 0), P.torch_bf16 = nget(j, "gflops_bf16", 0);
+    }
+    printf("\nmachine: %s, %d threads; peak of each compute path, GFLOP/s (1 thread / %d threads):\n", P.cpu, P.threads, P.threads);
+    printf("   f32 path (OpenBLAS sgemm): instruction peak %s %.1f / %.1f; sgemm %d^3 reaches %.1f / %.1f\n", P.isa, P.f32_1t,
+           P.f32, P.n, P.sgemm_1t, P.sgemm);
+    if (P.bf16 > 0)
+        printf("   bf16 path (AVX512-BF16):   instruction peak vdpbf16ps zmm %.1f / %.1f; kn_gemm_bf16 %d^3 reaches %.1f (%d threads)\n",
+               P.bf16_1t, P.bf16, P.n, P.bf16_gemm, P.threads);
+    else printf("   bf16 path (AVX512-BF16):   not available on this CPU\n");
+    printf("   AMX:                       %s\n", P.amx);
+    /* register-only loops scale with the threads on an idle machine: less means other load shared
+     * the cores while the peaks were measured, and every MFU below is then too high */
+    if (P.threads > 1 && P.f32_1t > 0 && P.f32 < 0.8 * P.threads * P.f32_1t)
+        printf("   warning: the %d-thread instruction peak is only %.2fx the 1-thread one: other processes shared the cores\n"
+               "   while it was measured, so the MFU figures below are overstated\n",
+               P.threads, P.f32 / P.f32_1t);
+    if (P.torch_f32 > 0)
+        printf("   PyTorch torch.matmul %d^3: f32 %.1f, bf16 %.1f (%d threads)\n", P.n, P.torch_f32, P.torch_bf16, P.threads);
     for (int i = 0; i < n; i++)
         if (!strcmp(rs[i].kind, "note")) printf("note: %s\n", sget(rs[i].j, "text"));
     /* training tables: one per (size, method) in order of appearance */
@@ -1009,12 +1266,15 @@ static int cmd_report(int argc, char **argv) {
             groups[ng++][1] = rs[i].method;
         }
     }
+    static trow rows[16][24];
+    tsum sums[16];
+    int nsum = 0;
     for (int g = 0; g < ng; g++) {
-        /* rows: one per (implementation, weights), the best of its runs */
-        struct row { const char *impl, *wts; double best, worst, padded; int runs, nl; double losses[64]; } rows[16];
+        trow *R = rows[g];
         int nr = 0, B = 4, first = 0, steps = 0, K = 10, Lad = 0, full = 0, have = 0;
         mcfg m;
         tokset ts;
+        double stT[64], stNL[64], stF[64], ntok = 0, ltok = 0, fl = 0;
         for (int i = 0; i < n; i++) {
             cJSON *j = rs[i].j;
             if (strcmp(rs[i].kind, "train") || strcmp(sget(j, "size"), groups[g][0]) || strcmp(rs[i].method, groups[g][1]))
@@ -1026,77 +1286,104 @@ static int cmd_report(int argc, char **argv) {
                 }
                 B = (int)nget(j, "batch", 4), first = (int)nget(j, "first", 0), steps = (int)nget(j, "steps", 0);
                 K = (int)nget(j, "K", 10), Lad = (int)nget(j, "L", 0), full = !strcmp(rs[i].method, "full");
+                if (steps > 64) steps = 64;
+                for (int s = 0; s < steps; s++) {
+                    stF[s] = count_flops(&m, &ts, B, first + s, 1, full, K, Lad, &stT[s], &stNL[s]);
+                    ntok += stT[s], ltok += stNL[s], fl += stF[s];
+                }
                 have = 1;
             }
+            const char *prec = sget(j, "precision");
+            if (!*prec) prec = "f32";
             int r;
             for (r = 0; r < nr; r++)
-                if (!strcmp(rows[r].impl, rs[i].impl) && !strcmp(rows[r].wts, sget(j, "weights"))) break;
+                if (!strcmp(R[r].impl, rs[i].impl) && !strcmp(R[r].prec, prec) && !strcmp(R[r].wts, sget(j, "weights"))) break;
             if (r == nr) {
-                if (nr == 16) continue;
-                memset(&rows[nr], 0, sizeof rows[nr]);
-                rows[nr].impl = rs[i].impl;
-                rows[nr].wts = sget(j, "weights");
-                rows[nr].padded = nget(j, "padded_tokens", 0);
+                if (nr == 24) continue;
+                memset(&R[nr], 0, sizeof R[nr]);
+                R[nr].impl = rs[i].impl, R[nr].prec = prec, R[nr].wts = sget(j, "weights");
+                R[nr].padded = nget(j, "padded_tokens", 0);
                 nr++;
             }
-            double sec, losses[64];
+            double sec[64], losses[64], v[64];
             int nl;
-            if (train_numbers(j, &sec, losses, &nl)) continue;
-            if (!rows[r].runs) {
-                memcpy(rows[r].losses, losses, sizeof(double) * (size_t)nl);
-                rows[r].nl = nl;
+            if ((int)nget(j, "first", 0) != first || (int)nget(j, "steps", 0) != steps || train_numbers(j, sec, losses, &nl))
+                continue;
+            for (int s = 0; s < steps; s++) v[s] = stNL[s] / sec[s];
+            double lps = median(v, steps);
+            if (!R[r].runs || lps < R[r].lps_worst) R[r].lps_worst = lps;
+            if (!R[r].runs || lps > R[r].lps) {
+                R[r].lps = lps;
+                for (int s = 0; s < steps; s++) v[s] = stT[s] / sec[s];
+                R[r].tps = median(v, steps);
+                R[r].sps = median(sec, steps);
+                for (int s = 0; s < steps; s++) v[s] = stF[s] / sec[s] / 1e9;
+                R[r].gfl = median(v, steps);
+                R[r].rss = nget(j, "peak_rss_mb", 0);
+                memcpy(R[r].losses, losses, sizeof(double) * (size_t)nl);
+                R[r].nl = nl;
             }
-            if (!rows[r].runs || sec < rows[r].best) rows[r].best = sec;
-            if (!rows[r].runs || sec > rows[r].worst) rows[r].worst = sec;
-            rows[r].runs++;
+            R[r].runs++;
         }
         if (!have) continue;
-        double ntok, ltok, fl = count_flops(&m, &ts, B, first, steps, full, K, Lad, &ntok, &ltok);
-        printf("\n== %s training, model %s (dim %d, %d layers, %d heads, hidden %d, vocab %d)", full ? "full" : "adapter",
+        printf("\n== %s training, %s (dim %d, %d layers, %d heads, hidden %d, vocab %d)", full ? "full" : "adapter",
                groups[g][0], m.dim, m.L, m.H, m.hidden, m.V);
         if (!full) printf(", adapter K=%d L=%d", K, Lad);
-        printf("\n   batch %d, %d warm-up + %d timed steps (micro-batches %d..%d): %.0f tokens, %.0f with a label; %.1f GFLOP/step counted\n",
+        printf("\n   batch %d, %d warm-up + %d timed steps (micro-batches %d..%d): %.0f tokens, %.0f with a label; "
+               "%.1f useful GFLOP/step on average\n",
                B, first, steps, first, first + steps - 1, ntok, ltok, fl / steps / 1e9);
-        printf("   %-26s %-5s %9s %9s %8s %6s %9s %s\n", "implementation", "wts", "tok/s", "label/s", "s/step", "MFU", "C faster", "runs: spread");
-        double c_best = 0, ref_tps = 0, opt_tps = 0;
-        const double *cl = NULL, *tl = NULL;
-        int ncl = 0, ntl = 0;
-        for (int r = 0; r < nr; r++)
-            if (!strcmp(rows[r].impl, "c") && rows[r].runs && ntok / rows[r].best > c_best) c_best = ntok / rows[r].best;
+        printf("   %-27s %-8s %-4s %9s %8s %8s %8s %6s %8s %s\n", "implementation", "compute", "wts", "label/s", "tok/s", "s/step",
+               "GFLOP/s", "MFU", "RSS MB", "runs: spread");
+        tsum *S = &sums[nsum++];
+        memset(S, 0, sizeof *S);
+        S->size = groups[g][0], S->method = groups[g][1], S->pk_f32 = P.f32, S->pk_bf16 = P.bf16;
         for (int r = 0; r < nr; r++) {
-            struct row *w = &rows[r];
+            trow *w = &R[r];
             if (!w->runs) {
-                printf("   %-26s %-5s   (no timing: the run failed, see its log)\n", impl_name(w->impl), w->wts);
+                printf("   %-27s %-8s %-4s   (no timing: the run failed, see its log)\n", impl_name(w->impl), w->prec, w->wts);
                 continue;
             }
-            double tps = ntok / w->best;
-            char sp[32] = "";
-            if (strcmp(w->impl, "c") && c_best > 0) snprintf(sp, sizeof sp, "%.2fx", c_best / tps);
-            printf("   %-26s %-5s %9.0f %9.0f %8.3f %5.1f%% %9s %d: %+.0f%%", impl_name(w->impl), w->wts, tps, ltok / w->best,
-                   w->best / steps, 100.0 * fl / w->best / 1e9 / peak, sp, w->runs, 100.0 * (w->worst / w->best - 1));
-            if (w->padded > 0) printf("  (%.0f%% padding)", 100.0 * (1 - ntok / w->padded));
+            printf("   %-27s %-8s %-4s %9.1f %8.0f %8.3f %8.1f %5.1f%% %8.0f %d: %.0f%%", impl_name(w->impl), w->prec, w->wts, w->lps,
+                   w->tps, w->sps, w->gfl, 100.0 * w->gfl / path_peak(&P, w->prec), w->rss, w->runs,
+                   100.0 * (w->lps / w->lps_worst - 1));
+            if (w->padded > 0) printf("  (%.0f%% of its tokens padding)", 100.0 * (1 - ntok / w->padded));
             printf("\n");
-            if (!strcmp(w->impl, "c") && !cl && !strcmp(w->wts, "bf16")) cl = w->losses, ncl = w->nl;
-            if (!strcmp(w->impl, "torch-ref") && !ref_tps) ref_tps = tps;
-            if (!strcmp(w->impl, "torch-opt")) {
-                if (!opt_tps) opt_tps = tps;
-                if (!tl) tl = w->losses, ntl = w->nl;
+            int c = !strcmp(w->impl, "c");
+            if (c && !strcmp(w->prec, "bf16") && (!S->cbf || w->lps > S->cbf->lps)) S->cbf = w;
+            if (c && !strcmp(w->prec, "f32") && (!S->cf || w->lps > S->cf->lps)) S->cf = w;
+            if (!c && (!S->fast || w->lps > S->fast->lps)) S->fast = w;
+            if (!strcmp(w->impl, "torch-opt") && !strcmp(w->prec, "f32")) S->opt32 = w;
+            if (!strcmp(w->impl, "torch-ref512") && !strcmp(w->prec, "f32")) S->ref512 = w;
+        }
+        /* loss cross-checks: the same values on both sides (C reads the bf16 file, PyTorch converts
+         * it exactly to f32), same batches and schedule */
+        for (int k = 0; k < 2; k++) {
+            const char *pc = k ? "bf16" : "f32";
+            const trow *a = NULL, *b = NULL;
+            for (int r = 0; r < nr; r++) {
+                if (!R[r].runs || strcmp(R[r].prec, pc) || (!strcmp(R[r].impl, "c") && strcmp(R[r].wts, "bf16"))) continue;
+                if (!strcmp(R[r].impl, "c") && !a) a = &R[r];
+                if (!strcmp(R[r].impl, "torch-opt") && !b) b = &R[r];
             }
-        }
-        if (cl && tl) {
-            int k = ncl < ntl ? ncl : ntl;
+            if (!a || !b) continue;
+            int kk = a->nl < b->nl ? a->nl : b->nl;
             double worst = 0;
-            for (int i = 0; i < k; i++) worst = fmax(worst, fabs(cl[i] - tl[i]) / fabs(tl[i]));
-            printf("   loss cross-check (C bf16 weights vs PyTorch on the same values, same batches and schedule): %d steps,\n"
-                   "     C %.6f .. %.6f, PyTorch %.6f .. %.6f, max rel diff %.2e\n",
-                   k, cl[0], cl[k - 1], tl[0], tl[k - 1], worst);
+            for (int i = 0; i < kk; i++) worst = fmax(worst, fabs(a->losses[i] - b->losses[i]) / fabs(b->losses[i]));
+            printf("   losses, C %s vs PyTorch %s (%s): %d steps, C %.6f .. %.6f, PyTorch %.6f .. %.6f, max rel diff %.2e\n", pc,
+                   pc, k ? "different bf16 roundings: agreement within ~1e-3 expected" : "the same f32 values", kk, a->losses[0],
+                   a->losses[kk - 1], b->losses[0], b->losses[kk - 1], worst);
         }
-        if (c_best > 0 && (ref_tps > 0 || opt_tps > 0))
-            printf("   C / PyTorch (tokens/s, best C row): %.2fx the reference-style, %.2fx the optimised\n",
-                   ref_tps > 0 ? c_best / ref_tps : 0, opt_tps > 0 ? c_best / opt_tps : 0);
+        if (S->cbf && S->fast)
+            printf("   C bf16 / fastest PyTorch (%s, %s): %.2fx\n", impl_name(S->fast->impl), S->fast->prec, S->cbf->lps / S->fast->lps);
+        if (S->cf && S->opt32) printf("   C f32 / PyTorch fp32 unpadded: %.2fx\n", S->cf->lps / S->opt32->lps);
+        if (S->cbf && S->ref512)
+            printf("   C bf16 / PyTorch reference-style (fp32, padded to max_seq_len): %.2fx\n", S->cbf->lps / S->ref512->lps);
+        if (full && !S->cbf && S->cf && S->fast)
+            printf("   C f32 / fastest PyTorch (%s, %s): %.2fx\n", impl_name(S->fast->impl), S->fast->prec, S->cf->lps / S->fast->lps);
         free(ts.len);
         free(ts.nloss);
     }
+    print_summary(sums, nsum);
     /* forward-only evaluation */
     int header = 0;
     for (int i = 0; i < n; i++) {
@@ -1108,16 +1395,17 @@ static int cmd_report(int argc, char **argv) {
         int B = (int)nget(j, "batch", 4), ne = (int)nget(j, "examples", 32);
         double ntok, ltok, sec = nget(j, "seconds", -1);
         double fl = count_flops(&m, &ts, B, 0, (ne + B - 1) / B, 2, 0, 0, &ntok, &ltok);
+        const char *prec = *sget(j, "precision") ? sget(j, "precision") : "f32";
         if (!header) {
-            printf("\n== forward-only evaluation (base model, no adapter; loss over the labelled tokens)\n");
-            printf("   %-8s %-28s %-5s %10s %10s %6s %12s\n", "model", "implementation", "wts", "tok/s", "label/s", "MFU", "loss");
+            printf("\n== forward-only evaluation (base model, no adapter; loss over the labelled tokens; one cold pass)\n");
+            printf("   %-8s %-27s %-8s %-4s %10s %10s %6s %12s\n", "model", "implementation", "compute", "wts", "tok/s", "label/s",
+                   "MFU", "loss");
             header = 1;
         }
         if (sec > 0)
-            printf("   %-8s %-28s %-5s %10.0f %10.0f %5.1f%% %12.6f\n", sget(j, "size"), impl_name(rs[i].impl), sget(j, "weights"),
-                   ntok / sec, ltok / sec, 100.0 * fl / sec / 1e9 / peak, nget(j, "loss", NAN));
-        else
-            printf("   %-8s %-28s %-5s   (failed)\n", sget(j, "size"), impl_name(rs[i].impl), sget(j, "weights"));
+            printf("   %-8s %-27s %-8s %-4s %10.0f %10.0f %5.1f%% %12.6f\n", sget(j, "size"), impl_name(rs[i].impl), prec,
+                   sget(j, "weights"), ntok / sec, ltok / sec, 100.0 * fl / sec / 1e9 / path_peak(&P, prec), nget(j, "loss", NAN));
+        else printf("   %-8s %-27s %-8s %-4s   (failed)\n", sget(j, "size"), impl_name(rs[i].impl), prec, sget(j, "weights"));
         free(ts.len);
         free(ts.nloss);
     }
@@ -1126,14 +1414,16 @@ static int cmd_report(int argc, char **argv) {
     for (int i = 0; i < n; i++) {
         cJSON *j = rs[i].j;
         if (strcmp(rs[i].kind, "gen")) continue;
+        const char *prec = *sget(j, "precision") ? sget(j, "precision") : "f32";
         if (!header) {
             printf("\n== generation: greedy decode with a KV cache, batch 1 (tok/s of the single-token steps)\n");
-            printf("   %-8s %-28s %-5s %8s %8s %10s %12s\n", "model", "implementation", "wts", "prompt", "new", "decode t/s",
-                   "weights GB/s");
+            printf("   %-8s %-27s %-8s %-4s %8s %8s %10s %12s\n", "model", "implementation", "compute", "wts", "prompt", "new",
+                   "decode t/s", "weights GB/s");
             header = 1;
         }
         if (!strcmp(sget(j, "status"), "skipped")) {
-            printf("   %-8s %-28s %-5s   skipped: %s\n", sget(j, "size"), impl_name(rs[i].impl), sget(j, "weights"), sget(j, "reason"));
+            printf("   %-8s %-27s %-8s %-4s   skipped: %s\n", sget(j, "size"), impl_name(rs[i].impl), prec, sget(j, "weights"),
+                   sget(j, "reason"));
             continue;
         }
         double sec = nget(j, "seconds", -1), nd = nget(j, "decode_steps", 0), wbytes = 0;
@@ -1143,28 +1433,31 @@ static int cmd_report(int argc, char **argv) {
             double np = m.L * (2.0 * m.dim * m.dim + 2.0 * m.dim * kv + 3.0 * m.dim * m.hidden) + (double)m.dim * m.V;
             wbytes = np * (!strcmp(sget(j, "weights"), "bf16") ? 2 : 4);
         }
-        printf("   %-8s %-28s %-5s %8.0f %8.0f %10.1f %12.2f", sget(j, "size"), impl_name(rs[i].impl), sget(j, "weights"),
-               nget(j, "prompt", 0), nget(j, "new", 0), sec > 0 ? nd / sec : 0, sec > 0 ? wbytes * nd / sec / 1e9 : 0);
-        if (strcmp(rs[i].impl, "c")) { /* greedy ids against the C run on the same (bf16) weights */
+        printf("   %-8s %-27s %-8s %-4s %8.0f %8.0f %10.1f %12.2f", sget(j, "size"), impl_name(rs[i].impl), prec,
+               sget(j, "weights"), nget(j, "prompt", 0), nget(j, "new", 0), sec > 0 ? nd / sec : 0,
+               sec > 0 ? wbytes * nd / sec / 1e9 : 0);
+        if (strcmp(rs[i].impl, "c")) { /* greedy ids against the C f32 run on the same (bf16) weights */
             for (int c = 0; c < n; c++) {
                 cJSON *cj = rs[c].j;
                 if (strcmp(rs[c].kind, "gen") || strcmp(rs[c].impl, "c") || strcmp(sget(cj, "size"), sget(j, "size")) ||
-                    strcmp(sget(cj, "weights"), "bf16"))
+                    strcmp(sget(cj, "weights"), "bf16") || strcmp(sget(cj, "precision"), "f32"))
                     continue;
                 cJSON *a = cJSON_GetObjectItem(cj, "ids"), *b = cJSON_GetObjectItem(j, "ids");
                 int same = 0, na = cJSON_GetArraySize(a), nb = cJSON_GetArraySize(b);
                 while (same < na && same < nb &&
                        cJSON_GetArrayItem(a, same)->valueint == cJSON_GetArrayItem(b, same)->valueint)
                     same++;
-                printf("  greedy ids: first %d of %d equal to C's (bf16 weights)", same, nb);
+                printf("  greedy ids: first %d of %d equal to C's (f32, bf16 weights)", same, nb);
                 break;
             }
         }
         printf("\n");
     }
-    printf("\nFLOPs counted as in bench/bench_tool.c (useful work only: the classifier at labelled rows, no dW of\n"
-           "frozen weights, attention as the full square); tok/s counts real tokens only (padding excluded);\n"
-           "MFU against the measured all-thread sgemm peak.\n");
+    printf("\nHow the numbers are made (bench/bench_tool.c): label/s = loss-bearing tokens / s, tok/s = real tokens / s\n"
+           "(padding excluded), s/step = one optimizer step, each the median over the timed steps of the best run; GFLOP/s\n"
+           "= useful FLOPs / s (the same count for every implementation: no padding, the classifier at labelled rows only,\n"
+           "no dW of frozen weights, attention as the full square); MFU = GFLOP/s / the instruction peak of the path the\n"
+           "run's GEMMs use (f32: FMA; bf16 and autocast: vdpbf16ps); RSS = the process's peak resident set, load included.\n");
     for (int i = 0; i < n; i++) cJSON_Delete(rs[i].j);
     free(rs);
     return 0;

@@ -11,7 +11,8 @@ warm-up + cosine schedule of DESIGN.md section 3.
 It reads the same Hugging Face safetensors directory as the C trainer (a tiny reader below:
 json + struct + torch.frombuffer; wq/wk un-permuted from HF's rotate-half rows back to Meta
 pairs) and the same tokenized examples (JSON written by `bench_tool tokens` or by the test), so
-both sides see identical token ids. 16-bit weights are converted to f32 on load.
+both sides see identical token ids. 16-bit weights are converted to f32 on load (kept in bf16 with
+--precision bf16).
 
 Two implementations of the same step:
   ref  the reference's way: examples padded (to the longest in the micro-batch, or to
@@ -21,21 +22,33 @@ Two implementations of the same step:
        frozen layers under torch.no_grad(), the prompt keys/values once per layer, logits only at
        positions that carry a label.
 
+Precision (--precision, train and eval):
+  f32       every tensor f32 (the exact path; what check and the reference comparisons use)
+  bf16      the model in bf16, as model.to(torch.bfloat16) / HF torch_dtype=bfloat16: bf16 weights
+            and activations (residual stream included), GEMMs and bmm on oneDNN's bf16 kernels
+            (AVX512-BF16 or AMX where the CPU has them); RMSNorm, softmax and the loss computed in
+            f32 and cast back as HF's Llama does; the adapter parameters and AdamW stay f32 (cast
+            to bf16 where they enter a GEMM)
+  autocast  f32 weights, torch.autocast("cpu", dtype=torch.bfloat16) around the forward: GEMMs
+            in bf16 (the frozen weights cast every call), residual stream f32
+Every record carries peak_rss_mb (getrusage of this process: the load included).
+
 Subcommands (each prints one JSON object on stdout):
   train   time W warm-up + N steps (--style ref|opt, --method adapter|full)
   eval    forward-only loss and time over the first E examples (base model)
   gen     greedy decode with a KV cache, batch 1
-  matmul  torch.matmul GFLOP/s on square f32 matrices (the peer's own GEMM peak)
+  matmul  torch.matmul GFLOP/s on square f32 and bf16 matrices (the peer's own GEMM rates)
   check   the independent reference check: a few optimiser steps from a given adapter, ref and
           opt styles compared with each other, step losses, lrs and the final adapter returned
 
-What it deliberately does not do: mixed precision, data parallelism, shuffling (the C side runs
-with --no-shuffle so micro-batch i is examples [i*B, (i+1)*B) on both sides).
+What it deliberately does not do: fp16, data parallelism, shuffling (the C side runs with
+--no-shuffle so micro-batch i is examples [i*B, (i+1)*B) on both sides).
 """
 import argparse
 import json
 import math
 import os
+import resource
 import struct
 import sys
 import time
@@ -46,29 +59,30 @@ import torch.nn.functional as F
 
 # ---- files ---------------------------------------------------------------------------------
 
-def read_safetensors(path):
-    """name -> f32 tensor (F32, F16, BF16), and the __metadata__ dict."""
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
-    header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
-    base = 8 + n
+def read_safetensors(path, keep_bf16=False):
+    """name -> f32 tensor (F32, F16, BF16; BF16 stays bf16 with keep_bf16), and the __metadata__
+    dict. Read one tensor at a time, so the peak memory is the result plus one tensor's bytes."""
+    dts = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        s, e = info["data_offsets"]
-        shape = info["shape"]
-        dt = info["dtype"]
-        count = (e - s) // {"F32": 4, "F16": 2, "BF16": 2}[dt]
-        if dt == "F32":
-            t = torch.frombuffer(data, dtype=torch.float32, offset=base + s, count=count).clone()
-        elif dt == "F16":
-            t = torch.frombuffer(data, dtype=torch.float16, offset=base + s, count=count).float()
-        else:  # BF16: the upper 16 bits of an f32
-            raw = torch.frombuffer(data, dtype=torch.int16, offset=base + s, count=count)
-            t = ((raw.to(torch.int32) & 0xFFFF) << 16).view(torch.float32)
-        out[name] = t.reshape(shape)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n).decode("utf-8"))
+        base = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            s, e = info["data_offsets"]
+            dt = dts[info["dtype"]]
+            if e == s:
+                out[name] = torch.zeros(info["shape"], dtype=torch.float32)
+                continue
+            buf = bytearray(e - s)
+            f.seek(base + s)
+            f.readinto(buf)
+            t = torch.frombuffer(buf, dtype=dt)  # shares buf (keeps it alive)
+            if dt != torch.float32 and not (keep_bf16 and dt == torch.bfloat16):
+                t = t.float()  # exact: every f16/bf16 value is an f32 value
+            out[name] = t.reshape(info["shape"])
     return out, header.get("__metadata__", {})
 
 
@@ -82,7 +96,8 @@ class Cfg:
     pass
 
 
-def load_hf(model_dir):
+def load_hf(model_dir, dtype=torch.float32):
+    """The config and the weights in dtype (f32, or bf16: a bf16 file is kept as it is)."""
     with open(os.path.join(model_dir, "config.json")) as f:
         c = json.load(f)
     cfg = Cfg()
@@ -105,8 +120,9 @@ def load_hf(model_dir):
     else:
         files = ["model.safetensors"]
     for fn in files:
-        t, _ = read_safetensors(os.path.join(model_dir, fn))
-        tensors.update(t)
+        t, _ = read_safetensors(os.path.join(model_dir, fn), keep_bf16=dtype == torch.bfloat16)
+        tensors.update({k: v.to(dtype) for k, v in t.items()})
+        del t
     w = {"tok_emb": tensors["model.embed_tokens.weight"], "norm": tensors["model.norm.weight"]}
     w["cls"] = w["tok_emb"] if cfg.tied else tensors["lm_head.weight"]
     w["layers"] = []
@@ -161,7 +177,9 @@ def apply_rope(x, fc):
 
 
 def rmsnorm(x, w, eps):
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * w
+    """In f32 and cast back, as HF's LlamaRMSNorm (no-ops for f32 x)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
 
 
 def repeat_kv(x, rep, dim):
@@ -180,8 +198,13 @@ class Model:
     def set_adapter(self, query, gates, K, L):
         self.query, self.gates, self.K, self.L = query, gates, K, L
 
-    def g(self, j):
-        return torch.tanh(self.gates[j]) if self.gate_act == "tanh" else self.gates[j]
+    def g(self, j, dt):
+        """Layer j's gates (f32 parameters) in the activations' dtype dt."""
+        return (torch.tanh(self.gates[j]) if self.gate_act == "tanh" else self.gates[j]).to(dt)
+
+    def prompts(self, j, dt):
+        """Layer j's adaption prompts (f32 parameters) in dtype dt (a no-op for f32)."""
+        return self.query[j * self.K:(j + 1) * self.K].to(dt)
 
     # -- the reference's way: padded [B, S] ------------------------------------------------
     def layer_ref(self, h, lw, fc, mask, j):
@@ -200,13 +223,13 @@ class Model:
         scores = F.softmax(scores.float(), dim=-1).type_as(xq)
         out = torch.matmul(scores, values)
         if j is not None:
-            A = self.query[j * self.K:(j + 1) * self.K]
+            A = self.prompts(j, h.dtype)
             ak = (A @ lw["wk"].t()).view(1, self.K, c.n_kv_heads, c.hd).repeat(B, 1, 1, 1)
             av = (A @ lw["wv"].t()).view(1, self.K, c.n_kv_heads, c.hd).repeat(B, 1, 1, 1)
             ak = repeat_kv(ak, rep, 2).transpose(1, 2)
             av = repeat_kv(av, rep, 2).transpose(1, 2)
             a_scores = torch.matmul(xq, ak.transpose(2, 3)) / math.sqrt(c.hd)
-            a_scores = self.g(j).view(1, -1, 1, 1) * F.softmax(a_scores.float(), dim=-1).type_as(xq)
+            a_scores = self.g(j, xq.dtype).view(1, -1, 1, 1) * F.softmax(a_scores.float(), dim=-1).type_as(xq)
             out = out + torch.matmul(a_scores, av)
         out = out.transpose(1, 2).contiguous().view(B, S, -1)
         h = h + out @ lw["wo"].t()
@@ -218,7 +241,7 @@ class Model:
         c = self.cfg
         B, S = ids.shape
         h = self.w["tok_emb"][ids]
-        mask = torch.triu(torch.full((1, 1, S, S), float("-inf")), diagonal=1)
+        mask = torch.triu(torch.full((1, 1, S, S), float("-inf"), dtype=h.dtype), diagonal=1)
         fc = self.fc[:S]
         first = c.n_layers - self.L
         for l in range(c.n_layers):
@@ -229,7 +252,7 @@ class Model:
         n = int((tg != 0).sum())
         if n == 0:
             return None, 0
-        return F.cross_entropy(logits[:, :-1, :].reshape(-1, c.vocab), tg, ignore_index=0), n
+        return F.cross_entropy(logits[:, :-1, :].reshape(-1, c.vocab).float(), tg, ignore_index=0), n
 
     # -- optimised: packed [T] -------------------------------------------------------------
     def layer_opt(self, h, lw, fcs, seqs, j):
@@ -242,10 +265,10 @@ class Model:
         rep = c.n_heads // c.n_kv_heads
         scale = 1.0 / math.sqrt(c.hd)
         if j is not None:
-            A = self.query[j * self.K:(j + 1) * self.K]
+            A = self.prompts(j, h.dtype)
             ak = repeat_kv((A @ lw["wk"].t()).view(self.K, c.n_kv_heads, c.hd), rep, 1).transpose(0, 1)
             av = repeat_kv((A @ lw["wv"].t()).view(self.K, c.n_kv_heads, c.hd), rep, 1).transpose(0, 1)
-            gate = self.g(j).view(-1, 1, 1)
+            gate = self.g(j, xq.dtype).view(-1, 1, 1)
         outs = []
         for (a, b) in seqs:
             n = b - a
@@ -254,10 +277,10 @@ class Model:
             v = repeat_kv(xv[a:b], rep, 1).transpose(0, 1)
             s = torch.matmul(q, k.transpose(1, 2)) * scale
             s = s.masked_fill(self.causal[:n, :n], float("-inf"))
-            o = torch.matmul(F.softmax(s, dim=-1), v)
+            o = torch.matmul(F.softmax(s.float(), dim=-1).type_as(q), v)
             if j is not None:
                 sa = torch.matmul(q, ak.transpose(1, 2)) * scale
-                o = o + torch.matmul(gate * F.softmax(sa, dim=-1), av)
+                o = o + torch.matmul(gate * F.softmax(sa.float(), dim=-1).type_as(q), av)
             outs.append(o.transpose(0, 1).reshape(n, c.dim))
         out = torch.cat(outs, 0)
         h = h + out @ lw["wo"].t()
@@ -284,7 +307,7 @@ class Model:
         if n == 0:
             return None, 0
         hs = rmsnorm(h[rows], self.w["norm"], c.eps)
-        return F.cross_entropy(hs @ self.w["cls"].t(), targets[rows]), n
+        return F.cross_entropy((hs @ self.w["cls"].t()).float(), targets[rows]), n
 
 
 # ---- batches ---------------------------------------------------------------------------------
@@ -361,6 +384,10 @@ class Trainer:
         self.epoch, self.micro = 0, 0
 
     def micro_loss(self, mb, style):
+        with autocast(self.a):
+            return self.micro_loss_(mb, style)
+
+    def micro_loss_(self, mb, style):
         if style == "opt":
             ids, pos, tg, seqs = batch_packed(mb)
             return self.m.loss_opt(ids, pos, tg, seqs, frozen_below=0 if self.method == "full" else None)
@@ -389,9 +416,20 @@ class Trainer:
         return total / a.accum_iter, lr, e
 
 
+def autocast(args):
+    """torch.autocast on the CPU in bf16 with --precision autocast, otherwise a no-op context."""
+    on = getattr(args, "precision", "f32") == "autocast"
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
+
+
+def peak_rss_mb():
+    """This process's peak resident set size so far, MB (10^6 bytes; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
 def setup(args):
     torch.set_num_threads(args.threads)
-    cfg, w = load_hf(args.model)
+    cfg, w = load_hf(args.model, torch.bfloat16 if getattr(args, "precision", "f32") == "bf16" else torch.float32)
     model = Model(cfg, w, args.gate_act)
     tj, exs = load_tokens(args.tokens)
     return cfg, model, exs
@@ -430,9 +468,9 @@ def cmd_train(args):
     if prof is not None:
         prof.__exit__(None, None, None)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
-    rec = {"kind": "train", "impl": "torch-" + args.style, "method": args.method, "batch": args.batch_size,
-           "first": args.first, "steps": args.steps, "seconds": sum(times[args.first:]),
-           "losses": losses, "step_seconds": times, "threads": torch.get_num_threads()}
+    rec = {"kind": "train", "impl": "torch-" + args.style, "precision": args.precision, "method": args.method,
+           "batch": args.batch_size, "first": args.first, "steps": args.steps, "seconds": sum(times[args.first:]),
+           "losses": losses, "step_seconds": times, "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}
     if args.style != "opt":
         rec["padded_tokens"] = padded
     emit(rec, args)
@@ -443,7 +481,7 @@ def cmd_eval(args):
     exs = exs[:args.examples]
     B = args.batch_size
     tot, n_tok, secs = 0.0, 0, 0.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(args):
         for rep in range(args.passes):  # the last pass is timed; 1 = one cold pass, as `llama-adapter eval`
             tot, n_tok = 0.0, 0
             t0 = time.perf_counter()
@@ -459,8 +497,8 @@ def cmd_eval(args):
                     tot += float(loss) * n
                     n_tok += n
             secs = time.perf_counter() - t0
-    emit({"kind": "eval", "impl": "torch-" + args.style, "examples": len(exs), "batch": B, "seconds": secs,
-          "loss": tot / max(n_tok, 1), "loss_tokens": n_tok}, args)
+    emit({"kind": "eval", "impl": "torch-" + args.style, "precision": args.precision, "examples": len(exs), "batch": B,
+          "seconds": secs, "loss": tot / max(n_tok, 1), "loss_tokens": n_tok, "peak_rss_mb": peak_rss_mb()}, args)
 
 
 def cmd_gen(args):
@@ -517,14 +555,17 @@ def cmd_gen(args):
 def cmd_matmul(args):
     torch.set_num_threads(args.threads)
     n = args.n
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = 1e30
-    for _ in range(3):
-        t0 = time.perf_counter()
+    rec = {"kind": "torch_peak", "n": n, "threads": torch.get_num_threads()}
+    for key, dt in (("gflops", torch.float32), ("gflops_bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
         torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    emit({"kind": "torch_peak", "n": n, "threads": torch.get_num_threads(), "gflops": 2.0 * n ** 3 / best / 1e9}, args)
+        best = 1e30
+        for _ in range(3):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+        rec[key] = 2.0 * n ** 3 / best / 1e9
+    emit(rec, args)
 
 
 def check_tokenization(args, tj, exs):
@@ -634,6 +675,8 @@ def main():
         p.add_argument("--batch-size", type=int, default=4)
         p.add_argument("--max-seq-len", type=int, default=512)
         p.add_argument("--gate-act", default="tanh")
+        p.add_argument("--precision", default="f32", choices=["f32", "bf16", "autocast"],
+                       help="f32 | bf16 (bf16 weights and activations) | autocast (f32 weights, bf16 GEMMs)")
         p.add_argument("--tag", action="append", help="KEY=VALUE added to the output record")
         p.add_argument("--out", help="write the JSON record here instead of stdout")
 
