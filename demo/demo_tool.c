@@ -44,6 +44,7 @@
 #include "trainer/generate.h"
 #include "trainer/llama.h"
 #include "trainer/params.h"
+#include "trainer/precision.h"
 
 /* ------------------------------------------------------------------------------------------
  * The invented world: entities (countries) with one value per attribute.
@@ -798,7 +799,8 @@ static int cmd_probe(int argc, char **argv) {
 
 static int cmd_answer(int argc, char **argv) {
     const char *model = NULL, *tokp = NULL, *adapter = NULL, *data = NULL, *result = NULL, *label = "model";
-    int threads = 0, show = 6, max_new = 16;
+    const char *precision = "auto";
+    int threads = 0, show = 6, max_new = 16, bf16 = 0;
     arg_spec sp[] = {
         {"model", ARG_STR, &model, "HF directory", 0},
         {"tokenizer", ARG_STR, &tokp, "SentencePiece model", 0},
@@ -809,12 +811,14 @@ static int cmd_answer(int argc, char **argv) {
         {"show", ARG_INT, &show, "answers printed", 0},
         {"max-new-tokens", ARG_INT, &max_new, "longest answer", 0},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0},
+        {"precision", ARG_STR, &precision, "auto | f32 | bf16, as llama-adapter generate", 0},
     };
-    int r = parse("answer", "--model M --tokenizer T [--adapter A] --data D.json [--result F]", argc, argv, sp, 9);
+    int r = parse("answer", "--model M --tokenizer T [--adapter A] --data D.json [--result F]", argc, argv, sp, 10);
     if (r >= 0) return r;
     if (!model || !tokp || !data) return fail("answer", "--model, --tokenizer and --data are required");
     if (threads > 0) omp_set_num_threads(threads);
-    char err[1024];
+    char err[1024], pdesc[200];
+    if (precision_resolve(precision, &bf16, pdesc, sizeof pdesc, err, sizeof err)) return fail("answer", err);
     alpaca_set s;
     if (alpaca_load(data, &s, err, sizeof err)) return fail("answer", err);
     demo_lm m;
@@ -823,6 +827,7 @@ static int cmd_answer(int argc, char **argv) {
         alpaca_free(&s);
         return fail("answer", err);
     }
+    gen_engine_set_bf16(m.eng, bf16);
     int correct = 0, first = 0, rc = 0;
     for (int i = 0; i < s.n; i++) {
         char *prompt = alpaca_prompt(s.ex[i].instruction, s.ex[i].input);
@@ -874,8 +879,9 @@ static double demo_metrics_loss(const char *path, int step) {
 
 static int cmd_zero_check(int argc, char **argv) {
     const char *model = NULL, *tokp = NULL, *data = NULL, *run = NULL;
-    int batch = 8, seq = 256, K = 10, L = 30, threads = 0;
+    int batch = 8, seq = 256, K = 10, L = 30, threads = 0, bf16 = 0;
     long long seed = 0;
+    const char *precision = "auto";
     arg_spec sp[] = {
         {"model", ARG_STR, &model, "base model", 0},
         {"tokenizer", ARG_STR, &tokp, "SentencePiece model", 0},
@@ -887,13 +893,15 @@ static int cmd_zero_check(int argc, char **argv) {
         {"adapter-layer", ARG_INT, &L, "the run's adapter_layer", 0},
         {"seed", ARG_I64, &seed, "the run's seed (data order and adapter init)", 0},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0},
+        {"precision", ARG_STR, &precision, "the run's --precision (auto | f32 | bf16)", 0},
     };
-    int r = parse("zero-check", "--model M --tokenizer T --data D --run DIR [run settings]", argc, argv, sp, 10);
+    int r = parse("zero-check", "--model M --tokenizer T --data D --run DIR [run settings]", argc, argv, sp, 11);
     if (r >= 0) return r;
     if (!model || !tokp || !data || !run)
         return fail("zero-check", "--model, --tokenizer, --data and --run are required");
     if (threads > 0) omp_set_num_threads(threads);
-    char err[1024], path[4200];
+    char err[1024], path[4200], pdesc[200];
+    if (precision_resolve(precision, &bf16, pdesc, sizeof pdesc, err, sizeof err)) return fail("zero-check", err);
     snprintf(path, sizeof path, "%s/metrics.jsonl", run);
     double step1 = demo_metrics_loss(path, 1);
     if (isnan(step1)) {
@@ -926,6 +934,7 @@ static int cmd_zero_check(int argc, char **argv) {
     ag_arena_init(&arena, 1 << 22);
     ag_tape_init(&tape, &arena);
     tape.no_grad = 1;
+    tape.bf16 = bf16; /* the run's GEMM precision: the same arithmetic as its step 1 */
     const microbatch *mb = loader_get(&ld, 0, 0);
     int nl = 0;
     double base_mb = ag_f32(llama_loss(&tape, &w, NULL, mb, &nl))[0];
