@@ -16,10 +16,17 @@ OPT     := $(OPT_$(MODE))
 # CI (which sets CI=true) turns warnings into errors.
 WERROR  := $(if $(filter true,$(CI)),-Werror)
 # Never -ffast-math: it changes the numerics of the backward passes.
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-# Load the OpenMP build of OpenBLAS whatever the system alternative says.
-BLAS_DIR   := $(shell pkg-config --variable=libdir openblas 2>/dev/null)
+# OpenBLAS: the OpenMP build, whatever the system alternative says. With both Debian variants
+# installed, openblas.pc (an alternative) may name the pthreads build, whose threads spin with
+# sched_yield against ours; Debian ships the OpenMP build's own openblas.pc in its directory, and
+# putting that first on PKG_CONFIG_PATH makes every pkg-config call below (flags, libs, the
+# rpath) take it. tests/test_robust_blas.c checks the library the built binary loads.
+BLAS_PC    := $(firstword $(wildcard /usr/lib/*/openblas-openmp/pkgconfig/openblas.pc /usr/lib64/openblas-openmp/pkgconfig/openblas.pc))
+PKG_CONFIG := $(if $(BLAS_PC),PKG_CONFIG_PATH=$(dir $(BLAS_PC))$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH} )pkg-config
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+# The rpath makes the loader take libopenblas.so.0 from that directory first.
+BLAS_DIR   := $(shell $(PKG_CONFIG) --variable=libdir openblas 2>/dev/null)
 CPPFLAGS   := -I. $(PKG_CFLAGS) -MMD -MP
 CFLAGS     := -std=c11 -D_GNU_SOURCE $(OPT) -fopenmp $(WARN) $(WERROR) $(EXTRA_CFLAGS)
 CXXFLAGS   := -std=c++17 $(OPT) -fopenmp -Wall -Wextra $(WERROR)

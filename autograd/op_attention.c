@@ -1,9 +1,13 @@
 /* Attention op: packed causal GQA attention with the gated adapter prefix.
  *   q [T, H*D] (rotated), k, v [T, G*D], ka, va [K, G*D], gval [1, H] -> o [T, H*D]
  *   o = softmax(q k^T/sqrt(D) + causal mask) v + gval[h] * softmax(q ka^T/sqrt(D)) va
- * per sequence of seq_off (each sequence attends only to itself). The math and the backward
- * formulas are in kernels/attention.c; this file checks shapes and records. Saved: the
- * log-sum-exp of each softmax row (not the probabilities). */
+ * per sequence of seq_off (each sequence attends only to itself). The math, the blocking and the
+ * backward formulas are in kernels/attention.c; this file checks shapes and records. Saved: the
+ * log-sum-exp of each softmax row, [T, H] twice (never the [n, n] probabilities); the backward
+ * also reads the op's own output (rowsum(dout .* o) per row and head). Precision: tape->bf16
+ * selects the kernels' bf16 tile products (softmax and everything else f32), for the forward and
+ * its backward alike. Scratch: the kernels' per-thread tiles, from ag_scratch. Does not run with
+ * nq != nk (generation: op_attention_cached.c). */
 #include <omp.h>
 
 #include "autograd/kernels/kernels.h"
@@ -27,7 +31,7 @@ ag_tensor *ag_attention(ag_tape *t, ag_tensor *q, ag_tensor *k, ag_tensor *v, ag
                   "attention: prefix ka [%d,%d] va [%d,%d] gval [%d,%d]", ka->rows, ka->cols, va ? va->rows : -1,
                   va ? va->cols : -1, gval ? gval->rows : -1, gval ? gval->cols : -1);
     }
-    kn_attn_shape sh = {n_seq, H, G, D, K, seq_off, seq_off};
+    kn_attn_shape sh = {.n_seq = n_seq, .H = H, .G = G, .D = D, .K = K, .qo = seq_off, .ko = seq_off, .bf16 = t->bf16};
     ag_tensor *out = ag_new(t, T, H * D);
     ag_tensor *src[6] = {q, k, v, ka, va, gval};
     int rec = ag_should_record(t, src, 6);
@@ -45,6 +49,7 @@ ag_tensor *ag_attention(ag_tape *t, ag_tensor *q, ag_tensor *k, ag_tensor *v, ag
         e->i[0] = n_seq;
         e->i[1] = H;
         e->i[2] = G;
+        e->i[3] = sh.bf16; /* the backward's products in the forward's precision */
     }
     ag_hook_end(t, AG_OP_ATTENTION, out, (ag_tensor *[AG_MAX_SRC]){q, k, v, ka, va, gval}, t0_);
     return out;
@@ -54,7 +59,8 @@ void ag_attention_backward(ag_tape *t, ag_entry *e) {
     ag_tensor *q = e->src[0], *k = e->src[1], *v = e->src[2], *ka = e->src[3], *va = e->src[4], *gval = e->src[5];
     int H = (int)e->i[1], G = (int)e->i[2];
     const int *off = e->saved[2];
-    kn_attn_shape sh = {(int)e->i[0], H, G, q->cols / H, ka ? ka->rows : 0, off, off};
+    kn_attn_shape sh = {.n_seq = (int)e->i[0], .H = H, .G = G, .D = q->cols / H, .K = ka ? ka->rows : 0, .qo = off,
+                        .ko = off, .o = ag_f32(e->out), .bf16 = (int)e->i[3]};
     float *work = ag_scratch(t, kn_attention_backward_workspace(&sh, omp_get_max_threads()));
     kn_attention_backward(ag_grad_if(t, q), ag_grad_if(t, k), ag_grad_if(t, v), ag_grad_if(t, ka),
                           ag_grad_if(t, va), ag_grad_if(t, gval), e->out->grad, ag_f32(q), ag_f32(k),

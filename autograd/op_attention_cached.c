@@ -3,8 +3,11 @@
  *   query i (position P-n+i) sees keys 0 .. P-n+i:
  *   o = softmax(q kc^T/sqrt(D), causal) vc + gval[h] * softmax(q ka^T/sqrt(D)) va
  * The kernel is kn_attention_forward with one sequence whose nq queries are the last nq of its
- * nk keys. No backward: generation needs none, and the training op (op_attention.c) keeps its
- * nq == nk layout. */
+ * nk keys (blocked like training: the query block's last position decides which key blocks are
+ * read; the scratch is a few tiles per thread, whatever P). Always the f32 products, also under
+ * tape->bf16: a decode step reads each cached key and value once, so it is memory-bound and bf16
+ * copies of the cache (made per step) would only add work. No backward: generation needs none,
+ * and the training op (op_attention.c) keeps its nq == nk layout. */
 #include <omp.h>
 
 #include "autograd/kernels/kernels.h"
@@ -29,7 +32,7 @@ ag_tensor *ag_attention_cached(ag_tape *t, ag_tensor *q, ag_tensor *kc, ag_tenso
     ag_tensor *src[6] = {q, kc, vc, ka, va, gval};
     AG_ASSERT(!ag_should_record(t, src, 6), "attention_cached is forward-only: run it with tape->no_grad = 1");
     int qo[2] = {0, n}, ko[2] = {0, P};
-    kn_attn_shape sh = {1, H, G, D, K, qo, ko};
+    kn_attn_shape sh = {.n_seq = 1, .H = H, .G = G, .D = D, .K = K, .qo = qo, .ko = ko}; /* f32: see above */
     ag_tensor *out = ag_new(t, n, H * D);
     float *work = ag_scratch(t, kn_attention_workspace(&sh, omp_get_max_threads()));
     kn_attention_forward(ag_f32(out), NULL, NULL, ag_f32(q), ag_f32(kc), ag_f32(vc), ka ? ag_f32(ka) : NULL,

@@ -5,7 +5,9 @@
  *   gather:    x [N, C], idx [n] -> out [n, C];     dx[idx[i]] += dout[i]
  * Precision: with tape->bf16 the linear GEMMs of more than one row (forward, dx, dW) run in bf16
  * (kn_gemm_bf16, products summed in f32) on the weights as they are stored; single rows
- * (decoding) stay on the memory-bound f32/16-bit matvec, which bf16 would not speed up.
+ * (decoding) stay on the memory-bound f32/16-bit matvec, which bf16 would not speed up. Without
+ * it (f32) the kn_linear_* kernels choose: kn_gemm_f32 on AVX-512F CPUs, OpenBLAS elsewhere; they
+ * take kn_linear_workspace floats of the tape's scratch either way.
  * Reference: nn.Linear(bias=False), nn.Embedding, tensor indexing. */
 #include "autograd/kernels/kernels.h"
 #include "autograd/op_internal.h"
@@ -55,7 +57,8 @@ void ag_linear_backward(ag_tape *t, ag_entry *e) {
             void *work = ag_scratch(t, kn_gemm_bf16_workspace(NO, NI, T) / sizeof(float) + 1);
             kn_gemm_bf16(1, 0, NO, NI, T, 1.0f, dy, NO, ag_f32(x), AG_F32, NI, 1.0f, ag_grad(t, W), NI, work);
         } else {
-            kn_linear_backward_dw(ag_grad(t, W), dy, ag_f32(x), T, NI, NO);
+            float *work = ag_scratch(t, kn_linear_workspace(W->dtype, NI, NO));
+            kn_linear_backward_dw(ag_grad(t, W), dy, ag_f32(x), T, NI, NO, work);
         }
         t->stats.gemm_dw++;
     }

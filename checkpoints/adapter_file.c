@@ -9,6 +9,8 @@
 #include "checkpoints/adapter_file.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +118,13 @@ int export_format_parse(const char *s, export_format *f) {
 
 static const char *gate_act_name(int g) { return g == GATE_IDENTITY ? "identity" : "tanh"; }
 
+/* Index of the first NaN or Inf of x[0..n), or -1 when every value is finite. */
+static long long first_nonfinite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return (long long)i;
+    return -1;
+}
+
 static int adapter_check(const char *path, const adapter_data *a, char *err, size_t errlen) {
     if (!a || a->adapter_len <= 0 || a->adapter_layer <= 0 || a->n_layers <= 0 ||
         a->adapter_layer > a->n_layers || a->n_heads <= 0 || a->dim <= 0 || !a->query || !a->gates ||
@@ -124,6 +133,13 @@ static int adapter_check(const char *path, const adapter_data *a, char *err, siz
                  "n_heads %d, dim %d): expected positive sizes, adapter_layer <= n_layers and data",
                  path, a ? a->adapter_len : 0, a ? a->adapter_layer : 0, a ? a->n_layers : 0,
                  a ? a->n_heads : 0, a ? a->dim : 0);
+        return -1;
+    }
+    size_t nq = (size_t)a->adapter_layer * (size_t)a->adapter_len * (size_t)a->dim;
+    long long bad_q = first_nonfinite(a->query, nq), bad_g = first_nonfinite(a->gates, (size_t)a->adapter_layer * a->n_heads);
+    if (bad_q >= 0 || bad_g >= 0) {
+        snprintf(err, errlen, "%s: the adapter holds a non-finite value (NaN or Inf) in %s at index %lld: refusing to "
+                 "export a diverged adapter", path, bad_q >= 0 ? "adapter_query" : "the gates", bad_q >= 0 ? bad_q : bad_g);
         return -1;
     }
     return 0;
@@ -228,7 +244,8 @@ static int adapter_from_set(const char *path, const tensor_set *s, int default_l
     if (n_heads <= 0) n_heads = mH;
     if (dim <= 0) dim = mD;
     shape_str(q, sh, sizeof sh);
-    if (q->ndim != 2 || q->shape[0] <= 0 || q->shape[1] <= 0 || (dim > 0 && q->shape[1] != dim)) {
+    if (q->ndim != 2 || q->shape[0] <= 0 || q->shape[1] <= 0 || q->shape[0] > INT_MAX || q->shape[1] > INT_MAX ||
+        (dim > 0 && q->shape[1] != dim)) {
         snprintf(err, errlen, "%s: tensor " ADAPTER_QUERY_NAME " has shape %s: expected [L*K, %d] for this model",
                  path, sh, dim);
         return -1;
@@ -241,7 +258,7 @@ static int adapter_from_set(const char *path, const tensor_set *s, int default_l
         int li = gate_index(s->t[i].name);
         if (li < 0) continue;
         int64_t h = (int64_t)ts_numel(&s->t[i]);
-        if (n_heads <= 0) n_heads = (int)h;
+        if (n_heads <= 0 && h > 0 && h <= INT_MAX) n_heads = (int)h;
         if (h != n_heads) {
             shape_str(&s->t[i], sh, sizeof sh);
             snprintf(err, errlen, "%s: tensor %s has shape %s: expected [1, %d, 1, 1] (n_heads %d of the model)",
@@ -305,6 +322,13 @@ static int adapter_from_set(const char *path, const tensor_set *s, int default_l
         return -1;
     }
     memcpy(out->query, q->data, (size_t)rows * (size_t)dim * sizeof(float));
+    long long bad = first_nonfinite(out->query, (size_t)rows * (size_t)dim);
+    if (bad >= 0) {
+        adapter_data_free(out);
+        snprintf(err, errlen, "%s: tensor " ADAPTER_QUERY_NAME " holds a non-finite value (NaN or Inf) at index %lld "
+                 "(row %lld): expected finite numbers (a diverged run?)", path, bad, bad / dim);
+        return -1;
+    }
     for (int j = 0; j < L; j++) {
         char name[64];
         int li = n_layers - L + j;
@@ -318,6 +342,13 @@ static int adapter_from_set(const char *path, const tensor_set *s, int default_l
             return -1;
         }
         memcpy(out->gates + (size_t)j * n_heads, g->data, (size_t)n_heads * sizeof(float));
+        long long bg = first_nonfinite(g->data, (size_t)n_heads);
+        if (bg >= 0) {
+            adapter_data_free(out);
+            snprintf(err, errlen, "%s: tensor %s holds a non-finite value (NaN or Inf) at head %lld: expected finite "
+                     "numbers (a diverged run?)", path, name, bg);
+            return -1;
+        }
     }
     return 0;
 }

@@ -60,6 +60,7 @@ typedef struct train_ckpt {
     uint64_t data_seed;     /* shuffle seed (per-epoch permutations derive from it) */
     uint64_t rng_state[4];  /* any other RNG in use (saved verbatim) */
     uint64_t model_fingerprint, tok_fingerprint;
+    uint64_t data_fingerprint; /* of the tokenized training set (0: not recorded, older files) */
     char *config_json;      /* the full resolved training config */
 } train_ckpt;
 
@@ -68,7 +69,10 @@ typedef struct train_ckpt {
 /* Writes c (version CKPT_VERSION, whatever c->version says) to PATH.tmp, fsyncs, renames. */
 int ckpt_save(const char *path, const train_ckpt *c, char *err, size_t errlen);
 /* Fills c (params, adam_m, adam_v, config_json malloc'ed; config_json "" when none was
- * saved); refuses another CKPT_VERSION, a missing field or a wrong size. Free with ckpt_free. */
+ * saved); refuses another CKPT_VERSION, a missing field, a field out of range (negative step,
+ * sizes whose product overflows), dataset dims that disagree with the checkpoint's own sizes
+ * (checked before anything is allocated) and non-finite parameters or moments. Free with
+ * ckpt_free. */
 int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen);
 void ckpt_free(train_ckpt *c);
 /* PATH is a checkpoint file, or a run directory whose newest ckpt-*.h5 is taken (by step).
@@ -76,6 +80,10 @@ void ckpt_free(train_ckpt *c);
 int ckpt_resolve(const char *path, char *out, size_t outlen, char *err, size_t errlen);
 /* Keeps the newest `keep` ckpt-*.h5 files of dir (keep <= 0: keep all). */
 void ckpt_prune(const char *dir, int keep);
+/* The pruning of a run that just wrote step `step`: among the checkpoints of steps <= step
+ * keeps the newest `keep` (so the one just written always stays); checkpoints of later steps
+ * (another history) are never deleted. */
+void ckpt_prune_upto(const char *dir, int keep, int64_t step);
 /* adapter_data view of a checkpoint (for export and eval --adapter CKPT): the struct is
  * copied, query/gates alias c->params (valid until ckpt_free). -1 with err (naming `path`,
  * may be NULL) when the checkpoint's method is not "adapter". */

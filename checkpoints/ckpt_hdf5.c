@@ -19,11 +19,13 @@
  * checkpoints of other versions (refused with a hint). */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,19 +35,51 @@
 
 /* ---------------------------------------------------------------- HDF5 helpers */
 
-static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+/* Called first by every entry point: HDF5's automatic error printing off, and no clean-up of
+ * HDF5 at exit. That clean-up closes files still open, and a checkpoint abandoned after a write
+ * error (full disk) can stay open (its close fails); HDF5 1.10 then crashes at exit. Every file
+ * this module opens is closed explicitly, so nothing is lost without it. */
+static void h5_quiet(void) {
+    static int once;
+    if (!once) {
+        once = 1;
+        H5dont_atexit(); /* fails harmlessly when the library was initialised already */
+    }
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
 
-static herr_t first_err(unsigned n, const H5E_error2_t *e, void *data) {
-    char *out = data;
-    if (n == 0 && e->desc && e->desc[0]) snprintf(out, 160, " (HDF5: %s)", e->desc);
+/* Walks HDF5's error stack: the innermost message, and the errno of a failed system call
+ * (HDF5's file drivers write "errno = 28, error message = '...'" into their message). */
+typedef struct h5_err_walk {
+    char first[160];
+    int sys_errno;
+} h5_err_walk;
+
+static herr_t walk_err(unsigned n, const H5E_error2_t *e, void *data) {
+    h5_err_walk *w = data;
+    if (!e->desc) return 0;
+    if (n == 0 && e->desc[0]) snprintf(w->first, sizeof w->first, "%s", e->desc);
+    const char *en = strstr(e->desc, "errno = ");
+    if (en && !w->sys_errno) w->sys_errno = atoi(en + 8);
     return 0;
 }
 
-/* The innermost (first detected) HDF5 error message, formatted " (HDF5: ...)", or "". */
+/* Why the last HDF5 call failed, as " (reason)" for one-line messages: the system error when
+ * a system call failed (a full disk is "No space left on device"), else HDF5's innermost
+ * message cut to one short line ("(HDF5: ...)"), or "". Clears the stack. */
 static const char *h5_why(char *buf) {
+    h5_err_walk w;
+    memset(&w, 0, sizeof w);
     buf[0] = 0;
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, first_err, buf); /* n == 0: where it was detected */
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_err, &w); /* n == 0: where it was detected */
     H5Eclear2(H5E_DEFAULT);
+    if (w.sys_errno > 0) {
+        snprintf(buf, 160, ": %s", strerror(w.sys_errno));
+    } else if (w.first[0]) {
+        for (char *p = w.first; *p; p++)
+            if (*p == '\n' || *p == '\r') *p = ' ';
+        snprintf(buf, 160, " (HDF5: %.120s)", w.first);
+    }
     return buf;
 }
 
@@ -180,9 +214,17 @@ static char *h5_read_str_attr(hid_t loc, const char *name) {
     return s;
 }
 
+/* Chunked (possibly compressed) datasets are not bounded by the file size; they may still
+ * hold at most this many elements (1 GiB of f32). */
+#define H5_MAX_CHUNKED_NUMEL ((uint64_t)1 << 28)
+
 /* Float dataset -> malloc'ed f32 with its shape: 0, 1 when absent, -1 when not a float dataset
- * of at most TS_MAX_DIMS dimensions. */
-static int h5_read_f32(hid_t loc, const char *name, float **out, int *ndim, int64_t *shape) {
+ * of at most TS_MAX_DIMS dimensions, -2 (shape filled, nothing allocated) when its dims
+ * overflow or declare more than max_numel elements, or more bytes than a contiguous dataset can
+ * hold in a file of file_size bytes. Sizes are checked before anything is allocated: a small
+ * damaged file cannot ask for gigabytes. */
+static int h5_read_f32(hid_t loc, const char *name, uint64_t max_numel, uint64_t file_size, float **out, int *ndim,
+                       int64_t *shape) {
     *out = NULL;
     if (H5Lexists(loc, name, H5P_DEFAULT) <= 0) return 1;
     hid_t ds = H5Dopen2(loc, name, H5P_DEFAULT);
@@ -193,13 +235,24 @@ static int h5_read_f32(hid_t loc, const char *name, float **out, int *ndim, int6
     if (t < 0 || H5Tget_class(t) != H5T_FLOAT || nd < 0 || nd > TS_MAX_DIMS ||
         H5Sget_simple_extent_dims(sp, dims, NULL) < 0)
         goto done;
-    size_t n = 1;
+    uint64_t n = 1;
+    int wrap = 0;
     for (int d = 0; d < nd; d++) {
-        shape[d] = (int64_t)dims[d];
-        n *= (size_t)dims[d];
+        shape[d] = dims[d] > (hsize_t)INT64_MAX ? INT64_MAX : (int64_t)dims[d];
+        wrap |= __builtin_mul_overflow(n, (uint64_t)dims[d], &n);
     }
     *ndim = nd;
-    *out = malloc((n ? n : 1) * sizeof(float));
+    hid_t dcpl = H5Dget_create_plist(ds);
+    int chunked = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    size_t esz = H5Tget_size(t);
+    uint64_t bytes = 0;
+    wrap |= __builtin_mul_overflow(n, (uint64_t)(esz ? esz : 1), &bytes);
+    if (wrap || n > max_numel || (chunked ? n > H5_MAX_CHUNKED_NUMEL : bytes > file_size)) {
+        rc = -2;
+        goto done;
+    }
+    *out = malloc((n ? (size_t)n : 1) * sizeof(float));
     if (!*out) goto done;
     if (n && H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0) {
         free(*out);
@@ -222,8 +275,42 @@ static hid_t create_tmp(const char *path, char *tmp, size_t tmplen, char *err, s
         return -1;
     }
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) snprintf(err, errlen, "%s: cannot create: %s%s", tmp, strerror(errno), h5_why(why));
+    if (f < 0) {
+        int e = errno;
+        const char *w = h5_why(why);
+        if (w[0] == ':') snprintf(err, errlen, "%s: cannot create%s", tmp, w);
+        else snprintf(err, errlen, "%s: cannot create: %s%s", tmp, strerror(e), w);
+        unlink(tmp); /* HDF5 may have created it before failing */
+    }
     return f;
+}
+
+/* Closes a file being abandoned after a write error. HDF5 flushes its metadata on close; on a
+ * full disk that fails again, the file stays open, and HDF5's own clean-up at exit then
+ * crashes on it (seen with HDF5 1.10). The file's descriptor is pointed at an anonymous memory
+ * file first (writes and truncation succeed there), so the close succeeds and the disk is not
+ * touched again; the temporary is removed by the caller. */
+static void h5_abandon(hid_t f) {
+    void *handle = NULL;
+    if (H5Fget_vfd_handle(f, H5P_DEFAULT, &handle) >= 0 && handle) {
+        int mem = memfd_create("llama-adapter-abandoned", MFD_CLOEXEC);
+        if (mem >= 0) {
+            dup2(mem, *(int *)handle);
+            close(mem);
+        }
+    }
+    /* a dataset whose close failed is still open, and would keep the file open */
+    hid_t ids[64];
+    ssize_t n = H5Fget_obj_ids(f, H5F_OBJ_DATASET | H5F_OBJ_GROUP | H5F_OBJ_DATATYPE | H5F_OBJ_ATTR, 64, ids);
+    for (ssize_t i = 0; i < n; i++) {
+        H5I_type_t t = H5Iget_type(ids[i]);
+        if (t == H5I_ATTR) H5Aclose(ids[i]);
+        else if (t == H5I_DATASET) H5Dclose(ids[i]);
+        else if (t == H5I_GROUP) H5Gclose(ids[i]);
+        else if (t == H5I_DATATYPE) H5Tclose(ids[i]);
+    }
+    H5Fclose(f); /* may still fail (a flush that failed once stays failed): see h5_quiet */
+    H5Eclear2(H5E_DEFAULT);
 }
 
 /* Closes f and renames tmp over path; on any earlier failure (bad) removes tmp. */
@@ -232,12 +319,13 @@ static int finish_tmp(hid_t f, int bad, const char *what, const char *tmp, const
     char why[160];
     if (bad) {
         snprintf(err, errlen, "%s: writing %s failed%s", tmp, what, h5_why(why));
-        H5Fclose(f);
+        h5_abandon(f);
         unlink(tmp);
         return -1;
     }
     if (H5Fclose(f) < 0) {
         snprintf(err, errlen, "%s: closing the HDF5 file failed%s", tmp, h5_why(why));
+        if (H5Iis_valid(f) > 0) h5_abandon(f);
         unlink(tmp);
         return -1;
     }
@@ -295,6 +383,7 @@ typedef struct collect_ctx {
     const char *path;
     char *err;
     size_t errlen;
+    uint64_t file_size;
 } collect_ctx;
 
 static int wanted_name(const char *name) {
@@ -311,7 +400,14 @@ static herr_t collect_dataset(hid_t loc, const char *name, const H5L_info_t *inf
     int ndim = 0;
     int64_t shape[TS_MAX_DIMS];
     char why[160];
-    if (h5_read_f32(loc, name, &x, &ndim, shape) != 0) {
+    int r = h5_read_f32(loc, name, UINT64_MAX, c->file_size, &x, &ndim, shape);
+    if (r == -2) {
+        snprintf(c->err, c->errlen, "%s: dataset %s declares more data than the %" PRIu64 "-byte file holds "
+                 "(damaged file)", c->path, name, c->file_size);
+        H5Eclear2(H5E_DEFAULT);
+        return -1;
+    }
+    if (r != 0) {
         snprintf(c->err, c->errlen, "%s: dataset %s is not a readable float array%s", c->path, name, h5_why(why));
         return -1;
     }
@@ -337,7 +433,8 @@ int h5_adapter_read(const char *path, tensor_set *s, char *err, size_t errlen) {
         H5Fclose(f);
         return ckpt_adapter_set(path, s, err, errlen);
     }
-    collect_ctx c = {s, path, err, errlen};
+    struct stat sb;
+    collect_ctx c = {s, path, err, errlen, stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0};
     err[0] = 0;
     hsize_t idx = 0;
     int rc = 0;
@@ -357,9 +454,15 @@ int h5_adapter_read(const char *path, tensor_set *s, char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- training checkpoint */
 
+/* L*K*dim + L*H, or SIZE_MAX when a size is not positive or the sum overflows. */
 static size_t adapter_param_count(const adapter_data *a) {
-    return (size_t)a->adapter_layer * (size_t)a->adapter_len * (size_t)a->dim +
-           (size_t)a->adapter_layer * (size_t)a->n_heads;
+    if (a->adapter_layer <= 0 || a->adapter_len <= 0 || a->dim <= 0 || a->n_heads <= 0) return SIZE_MAX;
+    size_t q, g, n;
+    if (__builtin_mul_overflow((size_t)a->adapter_layer, (size_t)a->adapter_len, &q) ||
+        __builtin_mul_overflow(q, (size_t)a->dim, &q) ||
+        __builtin_mul_overflow((size_t)a->adapter_layer, (size_t)a->n_heads, &g) || __builtin_add_overflow(q, g, &n))
+        return SIZE_MAX;
+    return n;
 }
 
 int ckpt_save(const char *path, const train_ckpt *c, char *err, size_t errlen) {
@@ -398,6 +501,7 @@ int ckpt_save(const char *path, const train_ckpt *c, char *err, size_t errlen) {
     bad |= h5_attr_u64(f, "rng_state", c->rng_state, 4);
     bad |= h5_attr_u64(f, "model_fingerprint", &c->model_fingerprint, 1);
     bad |= h5_attr_u64(f, "tok_fingerprint", &c->tok_fingerprint, 1);
+    if (c->data_fingerprint) bad |= h5_attr_u64(f, "data_fingerprint", &c->data_fingerprint, 1);
     bad |= h5_attr_i64(f, "adapter_len", a->adapter_len);
     bad |= h5_attr_i64(f, "adapter_layer", a->adapter_layer);
     bad |= h5_attr_i64(f, "n_layers", a->n_layers);
@@ -485,9 +589,24 @@ int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen) {
         field_err(path, "dim", "a scalar integer", err, errlen);
         goto done;
     }
-    if (v64[0] < 0 || v64[4] < 0 || v64[3] < 0 || v64[3] > INT32_MAX) {
-        snprintf(err, errlen, "%s: checkpoint has negative n_params, epoch or micro_index", path);
-        goto done;
+    /* every field is range-checked before use: sizes fit an int and are positive, progress
+     * counters are not negative */
+    {
+        static const char *what[8] = {"n_params", "step", "adam_t", "epoch", "micro_index", "adapter_len",
+                                      "adapter_layer", "n_layers"};
+        int64_t all[10];
+        memcpy(all, v64, sizeof v64);
+        all[8] = heads;
+        all[9] = dim;
+        for (int i = 0; i < 10; i++) {
+            int64_t lo = 0, hi = (i >= 5 || i == 3) ? INT32_MAX : INT64_MAX; /* sizes and epoch: ints */
+            if (all[i] < lo || all[i] > hi) {
+                snprintf(err, errlen, "%s: checkpoint field %s = %lld is out of range: expected %lld..%lld (damaged "
+                         "file)", path, i < 8 ? what[i] : i == 8 ? "n_heads" : "dim", (long long)all[i],
+                         (long long)lo, (long long)hi);
+                goto done;
+            }
+        }
     }
     c->n_params = (size_t)v64[0];
     c->step = v64[1];
@@ -499,13 +618,15 @@ int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen) {
     c->adapter.n_layers = (int)v64[7];
     c->adapter.n_heads = (int)heads;
     c->adapter.dim = (int)dim;
-    static const char *u64_names[] = {"data_seed", "model_fingerprint", "tok_fingerprint"};
-    uint64_t *u64_dst[] = {&c->data_seed, &c->model_fingerprint, &c->tok_fingerprint};
-    for (int i = 0; i < 3; i++)
-        if (h5_read_int_attr(f, u64_names[i], H5T_NATIVE_UINT64, 1, u64_dst[i]) != 0) {
+    static const char *u64_names[] = {"data_seed", "model_fingerprint", "tok_fingerprint", "data_fingerprint"};
+    uint64_t *u64_dst[] = {&c->data_seed, &c->model_fingerprint, &c->tok_fingerprint, &c->data_fingerprint};
+    for (int i = 0; i < 4; i++) {
+        r = h5_read_int_attr(f, u64_names[i], H5T_NATIVE_UINT64, 1, u64_dst[i]);
+        if (r < 0 || (r > 0 && i < 3)) { /* data_fingerprint is absent from older checkpoints */
             field_err(path, u64_names[i], "a scalar integer", err, errlen);
             goto done;
         }
+    }
     if (h5_read_int_attr(f, "rng_state", H5T_NATIVE_UINT64, 4, u64) != 0) {
         field_err(path, "rng_state", "4 integers", err, errlen);
         goto done;
@@ -553,9 +674,13 @@ int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen) {
     for (int i = 0; i < 3; i++) {
         int ndim = 0;
         int64_t shape[TS_MAX_DIMS];
-        r = h5_read_f32(f, names[i], dst[i], &ndim, shape);
+        r = h5_read_f32(f, names[i], c->n_params, (uint64_t)sb.st_size, dst[i], &ndim, shape);
         if (r != 0 || ndim != 1 || (uint64_t)shape[0] != (uint64_t)c->n_params) {
-            if (r == 0)
+            if (r == -2)
+                snprintf(err, errlen, "%s: checkpoint dataset %s declares more values than n_params = %zu or than the "
+                         "%lld-byte file holds: expected f32 [%zu] (damaged file)", path, names[i], c->n_params,
+                         (long long)sb.st_size, c->n_params);
+            else if (r == 0)
                 snprintf(err, errlen, "%s: checkpoint dataset %s has %d dims, %lld values: expected [%zu] "
                          "(n_params)", path, names[i], ndim, ndim ? (long long)shape[0] : 0LL, c->n_params);
             else
@@ -715,12 +840,17 @@ int ckpt_resolve(const char *path, char *out, size_t outlen, char *err, size_t e
     return 0;
 }
 
-void ckpt_prune(const char *dir, int keep) {
+void ckpt_prune(const char *dir, int keep) { ckpt_prune_upto(dir, keep, INT64_MAX); }
+
+void ckpt_prune_upto(const char *dir, int keep, int64_t step) {
     if (keep <= 0) return;
     ckpt_entry *e;
     int n;
     if (list_ckpts(dir, &e, &n) != 0) return;
-    for (int i = keep; i < n; i++) {
+    int kept = 0;
+    for (int i = 0; i < n; i++) { /* newest first */
+        if (e[i].step > step) continue; /* never this run's to delete */
+        if (kept++ < keep) continue;
         char p[4400];
         snprintf(p, sizeof p, "%s/%s", dir, e[i].name);
         unlink(p);

@@ -204,6 +204,59 @@ uint64_t mf_fingerprint(model_weights *w) {
     return h;
 }
 
+/* Number of NaN/Inf values among n values of dtype dt (bit tests on the exponent field, so the
+ * loop vectorises and reads memory at full speed). */
+static size_t count_nonfinite(const void *data, ag_dtype dt, size_t n) {
+    size_t bad = 0;
+    if (dt == AG_F32) {
+        const uint32_t *u = data;
+        for (size_t i = 0; i < n; i++) bad += (u[i] & 0x7f800000u) == 0x7f800000u;
+    } else {
+        const uint16_t *h = data;
+        uint16_t m = dt == AG_BF16 ? 0x7f80u : 0x7c00u;
+        for (size_t i = 0; i < n; i++) bad += (uint16_t)(h[i] & m) == m;
+    }
+    return bad;
+}
+
+static void slot_desc(const llama_config *c, int i, char *buf, size_t n) {
+    static const char *kind[9] = {"attention norm", "wq", "wk", "wv", "wo", "ffn norm", "w1 (gate)", "w2 (down)", "w3 (up)"};
+    int L = c->n_layers;
+    if (i == 0) snprintf(buf, n, "the token embedding");
+    else if (i == 1 + 9 * L) snprintf(buf, n, "the final norm");
+    else if (i == 2 + 9 * L) snprintf(buf, n, "the output projection");
+    else snprintf(buf, n, "layer %d %s", (i - 1) / 9, kind[(i - 1) % 9]);
+}
+
+/* Refuses weights holding NaN or Inf: every value of every tensor is scanned (in parallel,
+ * chunks of 1M values), which costs about one read of the weights at memory speed; a model
+ * read from disk for the first time pays its page-in here instead of in the first step. */
+static int check_finite(model_weights *w, const char *path, char *err, size_t errlen) {
+    int n = mf_n_slots(&w->cfg);
+    for (int i = 0; i < n; i++) {
+        const ag_tensor *t = mf_slot_tensor(w, i);
+        size_t ne = ag_numel(t), es = ag_dtype_size(t->dtype), chunk = (size_t)1 << 20;
+        long long nch = (long long)((ne + chunk - 1) / chunk);
+        size_t bad = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : bad) if (nch > 1)
+        for (long long k = 0; k < nch; k++) {
+            size_t a = (size_t)k * chunk, m = ne - a < chunk ? ne - a : chunk;
+            bad += count_nonfinite((const char *)t->data + a * es, t->dtype, m);
+        }
+        if (bad) {
+            size_t at = 0;
+            while (at < ne && !count_nonfinite((const char *)t->data + at * es, t->dtype, 1)) at++;
+            char what[64];
+            slot_desc(&w->cfg, i, what, sizeof what);
+            snprintf(err, errlen, "%s: %s holds %zu non-finite values (NaN or Inf), the first at row %zu, column %zu: "
+                     "expected finite weights (a diverged or damaged model)", path, what, bad,
+                     at / (size_t)t->cols, at % (size_t)t->cols);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 size_t model_param_count(const llama_config *cfg) {
     size_t total = 0;
     int n = mf_n_slots(cfg);
@@ -289,7 +342,30 @@ static const char *base_name(const char *p) {
     return s ? s + 1 : p;
 }
 
+static int model_load_any(const char *path, model_weights *w, char *err, size_t errlen);
+
 int model_load(const char *path, model_weights *w, char *err, size_t errlen) {
+    if (model_load_any(path, w, err, errlen)) return -1;
+    if (check_finite(w, path, err, errlen)) {
+        model_free(w);
+        return -1;
+    }
+    return 0;
+}
+
+/* A file whose first 8 bytes are a plausible safetensors header length followed by '{'. */
+static int looks_like_safetensors(const char *path, uint64_t size) {
+    unsigned char h[9];
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(h, 1, sizeof h, f) : 0;
+    if (f) fclose(f);
+    if (got < 9) return 0;
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = (hl << 8) | h[i];
+    return hl >= 2 && hl <= size - 8 && h[8] == '{';
+}
+
+static int model_load_any(const char *path, model_weights *w, char *err, size_t errlen) {
     memset(w, 0, sizeof *w);
     struct stat sb;
     if (stat(path, &sb) != 0) {
@@ -318,7 +394,14 @@ int model_load(const char *path, model_weights *w, char *err, size_t errlen) {
                  "directory (config.json + model.safetensors) or a llama2.c .bin", path);
         return -1;
     }
-    if (ends_with(b, ".bin")) return mf_load_llama2c(path, w, err, errlen);
+    if (ends_with(b, ".bin")) {
+        if (looks_like_safetensors(path, (uint64_t)sb.st_size)) {
+            snprintf(err, errlen, "%s: this .bin file is a safetensors file, not a llama2.c checkpoint: a Hugging Face "
+                     "model is a directory with config.json + model.safetensors (rename it and give the directory)", path);
+            return -1;
+        }
+        return mf_load_llama2c(path, w, err, errlen);
+    }
     unsigned char hdr[28];
     FILE *f = fopen(path, "rb");
     size_t got = f ? fread(hdr, 1, sizeof hdr, f) : 0;

@@ -329,7 +329,7 @@ static int zf_parse(zfile *z, char *err, size_t errlen) {
             return -1;
         }
         uint64_t z64 = rd64(p + eocd - 20 + 8);
-        if (z64 > size - 56 || rd32(p + z64) != 0x06064b50u) {
+        if (size < 56 || z64 > size - 56 || rd32(p + z64) != 0x06064b50u) {
             snprintf(err, errlen, "%s: damaged zip64: bad zip64 end record at byte %" PRIu64, z->path, z64);
             return -1;
         }
@@ -852,22 +852,37 @@ static int gather_tensor(const zfile *z, unpickler *u, const char *name, const p
     const unsigned char *data;
     uint64_t nbytes;
     if (zf_get(z, entry, &data, &nbytes, err, errlen)) return -1;
+    /* Every product and sum below is overflow-checked: sizes, strides and the offset come from
+     * the file. The last element reached must lie inside the storage, and the tensor may not
+     * hold more elements than its storage (an expanded view would let a few bytes of file ask
+     * for any amount of memory). */
     uint64_t st_numel = nbytes / esz, numel = 1, last = (uint64_t)t->i;
+    int wrap = 0;
     for (int d = 0; d < t->ndim; d++) {
         if (t->size[d] < 0 || t->stride[d] < 0) {
             snprintf(err, errlen, "%s: tensor %s has a negative size or stride", z->path, name);
             return -1;
         }
-        if (t->size[d] > 0 && numel > (UINT64_C(1) << 40) / (uint64_t)t->size[d]) {
-            snprintf(err, errlen, "%s: tensor %s has an implausible size (more than 2^40 elements)", z->path, name);
-            return -1;
+        uint64_t reach;
+        wrap |= __builtin_mul_overflow(numel, (uint64_t)t->size[d], &numel);
+        if (t->size[d] > 0) {
+            wrap |= __builtin_mul_overflow((uint64_t)(t->size[d] - 1), (uint64_t)t->stride[d], &reach);
+            wrap |= __builtin_add_overflow(last, reach, &last);
         }
-        numel *= (uint64_t)t->size[d];
-        if (t->size[d] > 0) last += (uint64_t)(t->size[d] - 1) * (uint64_t)t->stride[d];
+    }
+    if (wrap) {
+        snprintf(err, errlen, "%s: tensor %s: its sizes, strides and offset overflow 64 bits (damaged file)", z->path,
+                 name);
+        return -1;
     }
     if (numel > 0 && last >= st_numel) {
         snprintf(err, errlen, "%s: tensor %s reaches element %" PRIu64 " of storage %s, which holds %" PRIu64,
                  z->path, name, last, st->s, st_numel);
+        return -1;
+    }
+    if (numel > st_numel) {
+        snprintf(err, errlen, "%s: tensor %s has %" PRIu64 " elements, more than its storage %s holds (%" PRIu64
+                 "): expanded views are not read", z->path, name, numel, st->s, st_numel);
         return -1;
     }
     float *f = malloc((numel ? numel : 1) * sizeof *f);

@@ -234,6 +234,13 @@ int alpaca_load(const char *path, alpaca_set *s, char *err, size_t errlen) {
             take_field(path, i, e, "input", 1, &x->input, err, errlen) ||
             take_field(path, i, e, "output", 0, &x->output, err, errlen))
             goto done;
+        size_t bytes = strlen(x->instruction) + strlen(x->input) + strlen(x->output);
+        if (bytes > ALPACA_MAX_EXAMPLE_BYTES) {
+            data_set_err(err, errlen, "%s: example %d holds %zu bytes of text: expected at most %zu (256 KiB) per "
+                         "example (only the first max_seq_len tokens are trained: shorten it)", path, i, bytes,
+                         ALPACA_MAX_EXAMPLE_BYTES);
+            goto done;
+        }
     }
     rc = 0;
 done:
@@ -270,6 +277,12 @@ int text_load(const char *path, alpaca_set *s, char *err, size_t errlen) {
         lineno++;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
         if (n == 0) continue;
+        if ((size_t)n > ALPACA_MAX_EXAMPLE_BYTES) {
+            snprintf(err, errlen, "%s: line %d holds %zu bytes: expected at most %zu (256 KiB) per document (only the "
+                     "first max_seq_len tokens are trained: split long documents into lines)", path, lineno, (size_t)n,
+                     ALPACA_MAX_EXAMPLE_BYTES);
+            goto fail;
+        }
         long bad = utf8_invalid_at((const unsigned char *)line, (size_t)n);
         if (bad >= 0 || memchr(line, 0, (size_t)n)) {
             snprintf(err, errlen, "%s: line %d: %s at byte %ld of the line", path, lineno,

@@ -20,6 +20,12 @@ typedef struct alpaca_set {
     int plain_text; /* 1: examples are plain-text documents (in `output`), no template */
 } alpaca_set;
 
+/* The most text one example (instruction + input + output, or one line of a text file) may
+ * hold: SentencePiece's cost grows faster than linearly with the length (about 0.2 s at this
+ * bound, 47 s at 4 MB), and only the first max_seq_len tokens are ever trained, so a longer
+ * example is refused with this bound rather than left to run for minutes. */
+#define ALPACA_MAX_EXAMPLE_BYTES ((size_t)256 * 1024)
+
 /* Parses the file. 0, or -1 with one line in err: "FILE: example 12: field \"output\": expected
  * a string", "FILE: line 3, byte 57: not valid JSON", "FILE: invalid UTF-8 in example 4 ...".
  * Example indices in messages are 0-based (the array's first element is "example 0").

@@ -7,13 +7,18 @@
  * atol 2e-5 + rtol 1e-3 (float32 arithmetic against double references). Inputs that do not
  * require a gradient must end with no gradient buffer, and no dW GEMM may run for them.
  * Also: sgemm vs the naive reference on odd shapes in every transpose case, the 16-bit linear
- * path, the zero-gate invariant, and tape pruning. */
+ * path, the zero-gate invariant, tape pruning, and the blocked attention's own properties (the
+ * cached nq < nk variant against the full one, bit-identical results whatever the other
+ * sequences of the batch and the thread count, the backward without the forward output, a
+ * workspace that does not grow with the sequence length). */
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "autograd/kernels/kernels.h"
 #include "autograd/kernels/vexp.h"
 #include "autograd/ops.h"
+#include "autograd/ops_infer.h"
 #include "autograd/rng.h"
 #include "tests/test.h"
 
@@ -91,7 +96,7 @@ static void ref_gate(double *out, double **in, const gc_case *gc, const gc_ctx *
 /* in: q, k, v, ka, va, gval */
 static void ref_attention_core(double *out, double **in, int T, const gc_ctx *c, int D) {
     int H = c->H, G = c->G, K = c->K, rep = H / G;
-    double sc = 1.0 / sqrt((double)D), p[64];
+    double sc = 1.0 / sqrt((double)D), p[512];
     for (int s = 0; s < c->n_seq; s++)
         for (int h = 0; h < H; h++) {
             int g = h / rep;
@@ -268,6 +273,8 @@ static const int POS[] = {0, 1, 2, 7, 0, 1, 11, 3};
 static const int OFF_1[] = {0, 5};
 static const int OFF_3[] = {0, 4, 5, 11};   /* lengths 4, 1, 6 */
 static const int OFF_LEN1[] = {0, 1};
+static const int OFF_LONG[] = {0, 150, 151, 221};  /* lengths 150, 1, 70: several 64-key blocks, tails */
+static const int OFF_LONG2[] = {0, 130, 194, 259}; /* lengths 130, 64 (exactly one block), 65 */
 static const int TARGETS[] = {2, 0, 7, 1, 0, 9};
 static const int TARGETS_NONE[] = {0, 0, 0};
 
@@ -308,6 +315,12 @@ static void test_gradcheck_table(void) {
         {"attention", "prefix only trainable (frozen q,k,v)", 6, {11, 11, 11, 3, 3, 1}, {16, 8, 8, 8, 8, 4},
          {0, 0, 0, 1, 1, 1}, {1, 1, 1, 1, 1, 0.7f}, {0}, 11, 16, f_attention, ref_attention,
          {.H = 4, .G = 2, .K = 3, .n_seq = 3, .off = OFF_3}, 0},
+        {"attention", "GQA 150,1,70 tokens (64-blocks) D=16", ATTN_IN(221, 4, 2, 16, 3), f_attention, ref_attention,
+         {.H = 4, .G = 2, .K = 3, .n_seq = 3, .off = OFF_LONG}, 0},
+        {"attention", "K=0, lengths 130,64,65, D=20", 3, {259, 259, 259}, {40, 40, 40}, {1, 1, 1}, {0}, {0}, 259, 40,
+         f_attention, ref_attention, {.H = 2, .G = 2, .K = 0, .n_seq = 3, .off = OFF_LONG2}, 0},
+        {"attention", "tanh gate, K=10, lengths 130,64,65", ATTN_IN(259, 2, 1, 8, 10), f_gated_attention,
+         ref_gated_attention, {.H = 2, .G = 1, .K = 10, .n_seq = 3, .off = OFF_LONG2, .act = AG_GATE_TANH}, 0},
         {"cross_entropy", "ignore label 0", 1, {6}, {11}, {1}, {2}, {0}, 1, 1, f_cross_entropy, ref_cross_entropy,
          {.targets = TARGETS}, 0},
         {"cross_entropy", "no counted row: 0, no NaN", 1, {3}, {5}, {1}, {0}, {0}, 1, 1, f_cross_entropy,
@@ -445,6 +458,261 @@ static void test_zero_gate_invariant(void) {
     CHECK(twk.grad == NULL && twv.grad == NULL && tape.stats.gemm_dw == 0, "frozen Wk/Wv must get no gradient and no dW GEMM");
     ag_tape_free(&tape);
     ag_arena_free(&arena);
+}
+
+/* ---- blocked attention: properties beyond the gradient table -------------------------------- */
+typedef struct attn_prob {
+    int T, H, G, D, K;
+    float *q, *k, *v, *ka, *va, *gv, *dout;
+} attn_prob;
+
+static float *randn(ag_rng *r, size_t n, float sc) {
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)ag_rng_normal(r) * sc;
+    return x;
+}
+
+static attn_prob attn_prob_new(uint64_t seed, int T, int H, int G, int D, int K) {
+    ag_rng r;
+    ag_rng_seed(&r, seed);
+    attn_prob p = {T, H, G, D, K, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    p.q = randn(&r, (size_t)T * H * D, 1.0f);
+    p.k = randn(&r, (size_t)T * G * D, 1.0f);
+    p.v = randn(&r, (size_t)T * G * D, 1.0f);
+    p.ka = randn(&r, (size_t)K * G * D, 1.0f);
+    p.va = randn(&r, (size_t)K * G * D, 1.0f);
+    p.gv = randn(&r, (size_t)H, 0.5f);
+    p.dout = randn(&r, (size_t)T * H * D, 1.0f);
+    return p;
+}
+
+static void attn_prob_free(attn_prob *p) {
+    free(p->q); free(p->k); free(p->v); free(p->ka); free(p->va); free(p->gv); free(p->dout);
+}
+
+/* results of one forward + backward */
+typedef struct attn_res { float *o, *lt, *la, *dq, *dk, *dv, *dka, *dva, *dg; } attn_res;
+
+static attn_res attn_run(const attn_prob *p, const int *off, int n_seq, int with_o, int bf16) {
+    int T = p->T, H = p->H, G = p->G, D = p->D, K = p->K;
+    attn_res r;
+    r.o = malloc(sizeof(float) * T * H * D);
+    r.lt = malloc(sizeof(float) * T * H);
+    r.la = malloc(sizeof(float) * T * H);
+    r.dq = calloc((size_t)T * H * D, sizeof(float));
+    r.dk = calloc((size_t)T * G * D, sizeof(float));
+    r.dv = calloc((size_t)T * G * D, sizeof(float));
+    r.dka = calloc((size_t)K * G * D + 1, sizeof(float));
+    r.dva = calloc((size_t)K * G * D + 1, sizeof(float));
+    r.dg = calloc((size_t)H, sizeof(float));
+    kn_attn_shape sh = {.n_seq = n_seq, .H = H, .G = G, .D = D, .K = K, .qo = off, .ko = off, .bf16 = bf16};
+    int th = omp_get_max_threads();
+    float *w = malloc(sizeof(float) * kn_attention_workspace(&sh, th));
+    kn_attention_forward(r.o, r.lt, K ? r.la : NULL, p->q, p->k, p->v, K ? p->ka : NULL, K ? p->va : NULL,
+                         K ? p->gv : NULL, &sh, w);
+    free(w);
+    sh.o = with_o ? r.o : NULL;
+    w = malloc(sizeof(float) * kn_attention_backward_workspace(&sh, th));
+    kn_attention_backward(r.dq, r.dk, r.dv, K ? r.dka : NULL, K ? r.dva : NULL, K ? r.dg : NULL, p->dout, p->q, p->k,
+                          p->v, K ? p->ka : NULL, K ? p->va : NULL, K ? p->gv : NULL, r.lt, K ? r.la : NULL, &sh, w);
+    free(w);
+    return r;
+}
+
+static void attn_res_free(attn_res *r) {
+    free(r->o); free(r->lt); free(r->la); free(r->dq); free(r->dk); free(r->dv); free(r->dka); free(r->dva); free(r->dg);
+}
+
+static int same_bits(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+/* Generation runs the forward with nq < nk (the queries are the last nq positions): it must
+ * equal the rows of the full causal forward, from one query (a decode step) to all of them, in
+ * the kernel and through ag_attention_cached. */
+static void test_attention_cached_matches_full(void) {
+    const int cases[][2] = {{150, 1}, {150, 37}, {150, 64}, {150, 150}, {1, 1}, {70, 6}, {300, 2}};
+    const int H = 4, G = 2, D = 16, K = 3;
+    double worst = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int P = cases[ci][0], n = cases[ci][1];
+        attn_prob p = attn_prob_new(40 + ci, P, H, G, D, K);
+        int off[2] = {0, P};
+        attn_res full = attn_run(&p, off, 1, 1, 0);
+        int qo[2] = {0, n}, ko[2] = {0, P};
+        kn_attn_shape sh = {.n_seq = 1, .H = H, .G = G, .D = D, .K = K, .qo = qo, .ko = ko};
+        float *o = malloc(sizeof(float) * n * H * D), *w = malloc(sizeof(float) * kn_attention_workspace(&sh, omp_get_max_threads()));
+        const float *qn = p.q + (size_t)(P - n) * H * D, *want = full.o + (size_t)(P - n) * H * D;
+        kn_attention_forward(o, NULL, NULL, qn, p.k, p.v, p.ka, p.va, p.gv, &sh, w);
+        for (int i = 0; i < n * H * D; i++) {
+            worst = fmax(worst, fabs(o[i] - want[i]));
+            CHECK_CLOSE(o[i], want[i], 1e-6, 1e-5, "cached forward row");
+            if (t_cur_failed > 3) break;
+        }
+        /* the op, on a no-grad tape */
+        ag_arena arena;
+        ag_arena_init(&arena, 1 << 16);
+        ag_tape tape;
+        ag_tape_init(&tape, &arena);
+        tape.no_grad = 1;
+        ag_tensor tq = ag_tensor_of((float *)qn, n, H * D, AG_F32), tk = ag_tensor_of(p.k, P, G * D, AG_F32);
+        ag_tensor tv = ag_tensor_of(p.v, P, G * D, AG_F32), tka = ag_tensor_of(p.ka, K, G * D, AG_F32);
+        ag_tensor tva = ag_tensor_of(p.va, K, G * D, AG_F32), tg = ag_tensor_of(p.gv, 1, H, AG_F32);
+        ag_tensor *oc = ag_attention_cached(&tape, &tq, &tk, &tv, &tka, &tva, &tg, H, G);
+        CHECK(same_bits(ag_f32(oc), o, (size_t)n * H * D), "ag_attention_cached differs from the kernel (P=%d n=%d)", P, n);
+        ag_tape_free(&tape);
+        ag_arena_free(&arena);
+        free(o);
+        free(w);
+        attn_res_free(&full);
+        attn_prob_free(&p);
+    }
+    printf("  cached (nq < nk) vs full forward: worst abs difference %.2e over %zu (P, n) cases\n", worst,
+           sizeof cases / sizeof cases[0]);
+}
+
+/* A sequence's attention is its own: alone or packed among others (in any position), its output
+ * and its dq, dk, dv rows are bit-identical; those do not depend on the thread count either; and
+ * the same inputs and thread count give the same bits everywhere, prefix gradients included. In
+ * f32 and, where the CPU has AVX512-BF16, with the bf16 tile products. */
+static void test_attention_bits_independent_of_batch_and_threads(void) {
+    const int H = 4, G = 2, D = 16, K = 3, la = 150, lb = 70;
+    int nthreads = omp_get_max_threads();
+    attn_prob pa = attn_prob_new(7, la, H, G, D, K);
+    attn_prob pk = attn_prob_new(8, la + lb + 1, H, G, D, K); /* packed: [B (70), A (150), C (1)] */
+    size_t qa = (size_t)H * D, ka = (size_t)G * D;
+    /* copy A into rows [lb, lb + la) of the packed problem, with the same prefix and gates */
+    memcpy(pk.q + lb * qa, pa.q, la * qa * sizeof(float));
+    memcpy(pk.dout + lb * qa, pa.dout, la * qa * sizeof(float));
+    memcpy(pk.k + lb * ka, pa.k, la * ka * sizeof(float));
+    memcpy(pk.v + lb * ka, pa.v, la * ka * sizeof(float));
+    memcpy(pk.ka, pa.ka, K * ka * sizeof(float));
+    memcpy(pk.va, pa.va, K * ka * sizeof(float));
+    memcpy(pk.gv, pa.gv, H * sizeof(float));
+    int off_a[2] = {0, la}, off_k[4] = {0, lb, lb + la, lb + la + 1};
+    for (int bf = 0; bf <= kn_bf16_gemm_available(); bf++) {
+        const char *prec = bf ? "bf16" : "f32";
+        attn_res ra = attn_run(&pa, off_a, 1, 1, bf), rk = attn_run(&pk, off_k, 3, 1, bf);
+        CHECK(same_bits(ra.o, rk.o + lb * qa, la * qa), "%s: output of a sequence depends on its batch", prec);
+        CHECK(same_bits(ra.lt, rk.lt + lb * H, la * H), "%s: log-sum-exp of a sequence depends on its batch", prec);
+        CHECK(same_bits(ra.dq, rk.dq + lb * qa, la * qa), "%s: dq of a sequence depends on its batch", prec);
+        CHECK(same_bits(ra.dk, rk.dk + lb * ka, la * ka), "%s: dk of a sequence depends on its batch", prec);
+        CHECK(same_bits(ra.dv, rk.dv + lb * ka, la * ka), "%s: dv of a sequence depends on its batch", prec);
+        omp_set_num_threads(1);
+        attn_res r1 = attn_run(&pk, off_k, 3, 1, bf);
+        omp_set_num_threads(nthreads);
+        attn_res r2 = attn_run(&pk, off_k, 3, 1, bf);
+        size_t T = (size_t)pk.T;
+        CHECK(same_bits(r1.o, rk.o, T * qa) && same_bits(r1.dq, rk.dq, T * qa) && same_bits(r1.dk, rk.dk, T * ka) &&
+                  same_bits(r1.dv, rk.dv, T * ka), "%s: forward or dq, dk, dv depend on the thread count (1 vs %d)", prec,
+              nthreads);
+        CHECK(same_bits(r2.o, rk.o, T * qa) && same_bits(r2.dq, rk.dq, T * qa) && same_bits(r2.dk, rk.dk, T * ka) &&
+                  same_bits(r2.dv, rk.dv, T * ka) && same_bits(r2.dka, rk.dka, K * ka) &&
+                  same_bits(r2.dva, rk.dva, K * ka) && same_bits(r2.dg, rk.dg, H),
+              "%s: two runs with the same inputs and threads differ", prec);
+        for (size_t i = 0; i < K * ka; i++) CHECK_CLOSE(r1.dka[i], rk.dka[i], 1e-5, 1e-5, "dka, 1 thread vs all");
+        printf("  %s: a 150-token sequence alone and packed between 70 and 1 tokens: bit-identical; %d threads\n", prec,
+               nthreads);
+        attn_res_free(&ra); attn_res_free(&rk); attn_res_free(&r1); attn_res_free(&r2);
+    }
+    attn_prob_free(&pa); attn_prob_free(&pk);
+}
+
+/* ||a - b|| / ||b|| */
+static double rel_norm(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* The bf16 tile products (AVX512-BF16 only) track the f32 path within bf16 rounding, for every
+ * output and gradient, on lengths that cross blocks, end mid-block and are odd (pairs of keys
+ * and queries padded with 0), a head dim with a masked tail, GQA and K = 0; and the op takes the
+ * precision from the tape, for its backward too. */
+static void test_attention_bf16_tracks_f32(void) {
+    if (!kn_bf16_gemm_available()) SKIP("this CPU has no AVX512-BF16: the bf16 attention products never run here");
+    const int off[] = {0, 150, 151, 221}, shapes[][4] = {{4, 2, 16, 3}, {2, 2, 20, 0}, {2, 1, 128, 10}};
+    double worst = 0;
+    for (int si = 0; si < 3; si++) {
+        int H = shapes[si][0], G = shapes[si][1], D = shapes[si][2], K = shapes[si][3];
+        attn_prob p = attn_prob_new(20 + si, 221, H, G, D, K);
+        attn_res f = attn_run(&p, off, 3, 1, 0), b = attn_run(&p, off, 3, 1, 1);
+        size_t nq = (size_t)221 * H * D, nk = (size_t)221 * G * D, na = (size_t)K * G * D;
+        double e[7] = {rel_norm(b.o, f.o, nq), rel_norm(b.dq, f.dq, nq), rel_norm(b.dk, f.dk, nk), rel_norm(b.dv, f.dv, nk),
+                       K ? rel_norm(b.dka, f.dka, na) : 0, K ? rel_norm(b.dva, f.dva, na) : 0, K ? rel_norm(b.dg, f.dg, H) : 0};
+        const char *nm[7] = {"o", "dq", "dk", "dv", "dka", "dva", "dgval"};
+        for (int i = 0; i < 7; i++) {
+            worst = fmax(worst, e[i]);
+            CHECK(e[i] < 1.5e-2, "H=%d G=%d D=%d K=%d: bf16 %s off by %.3g (relative norm)", H, G, D, K, nm[i], e[i]);
+        }
+        CHECK(e[0] > 0, "the bf16 flag changed nothing");
+        attn_res_free(&f); attn_res_free(&b);
+        attn_prob_free(&p);
+    }
+    printf("  bf16 vs f32 products: worst relative-norm difference %.2e over o, dq, dk, dv, dka, dva, dgval\n", worst);
+    /* through the op: tape->bf16 reaches the forward and the backward */
+    attn_prob p = attn_prob_new(30, 221, 4, 2, 16, 3);
+    attn_res want = attn_run(&p, off, 3, 1, 1);
+    ag_arena arena;
+    ag_arena_init(&arena, 1 << 20);
+    ag_tape tape;
+    ag_tape_init(&tape, &arena);
+    tape.bf16 = 1;
+    float *dq = calloc((size_t)221 * 64, sizeof(float));
+    ag_tensor tq = ag_tensor_of(p.q, 221, 64, AG_F32), tk = ag_tensor_of(p.k, 221, 32, AG_F32);
+    ag_tensor tv = ag_tensor_of(p.v, 221, 32, AG_F32), tka = ag_tensor_of(p.ka, 3, 32, AG_F32);
+    ag_tensor tva = ag_tensor_of(p.va, 3, 32, AG_F32), tg = ag_tensor_of(p.gv, 1, 4, AG_F32);
+    tq.requires_grad = 1;
+    tq.grad = dq;
+    ag_tensor *o = ag_attention(&tape, &tq, &tk, &tv, &tka, &tva, &tg, 4, 2, off, 3);
+    tape.bf16 = 0; /* the backward follows what the forward recorded */
+    ag_backward_from(&tape, o, p.dout);
+    CHECK(same_bits(ag_f32(o), want.o, (size_t)221 * 64), "op forward under tape->bf16 differs from the bf16 kernel");
+    CHECK(same_bits(dq, want.dq, (size_t)221 * 64), "op backward under tape->bf16 differs from the bf16 kernel");
+    free(dq);
+    ag_tape_free(&tape);
+    ag_arena_free(&arena);
+    attn_res_free(&want);
+    attn_prob_free(&p);
+}
+
+/* The backward reads rowsum(dout .* o) from the forward output when it has it; without it
+ * (kn_attn_shape.o NULL) it recomputes the token output tile by tile: same gradients (in bf16 up
+ * to the rounding of the recomputed output). */
+static void test_attention_backward_without_forward_output(void) {
+    const int off[] = {0, 150, 151, 221};
+    for (int bf = 0; bf <= kn_bf16_gemm_available(); bf++)
+        for (int K = 0; K <= 3; K += 3) {
+            attn_prob p = attn_prob_new(9 + K, 221, 4, 2, 16, K);
+            attn_res a = attn_run(&p, off, 3, 1, bf), b = attn_run(&p, off, 3, 0, bf);
+            size_t nq = (size_t)221 * 64, nk = (size_t)221 * 32, na = (size_t)K * 32;
+            if (!bf) {
+                for (size_t i = 0; i < nq; i++) CHECK_CLOSE(b.dq[i], a.dq[i], 1e-5, 1e-4, "dq without o");
+                for (size_t i = 0; i < nk; i++) CHECK_CLOSE(b.dk[i], a.dk[i], 1e-5, 1e-4, "dk without o");
+                for (size_t i = 0; i < na; i++) CHECK_CLOSE(b.dka[i], a.dka[i], 1e-5, 1e-4, "dka without o");
+            } else {
+                CHECK(rel_norm(b.dq, a.dq, nq) < 1e-2 && rel_norm(b.dk, a.dk, nk) < 1e-2, "bf16: dq, dk without o");
+            }
+            CHECK(same_bits(b.dv, a.dv, nk), "dv does not use o");
+            CHECK(!K || same_bits(b.dg, a.dg, 4), "dgval does not use o");
+            attn_res_free(&a); attn_res_free(&b);
+            attn_prob_free(&p);
+        }
+}
+
+/* No [n, n] buffer: the workspace is a few tiles per thread, the same at 512 and at 8192 tokens. */
+static void test_attention_workspace_does_not_grow_with_length(void) {
+    int o512[2] = {0, 512}, o8k[2] = {0, 8192}, q1[2] = {0, 1};
+    kn_attn_shape a = {.n_seq = 1, .H = 32, .G = 32, .D = 128, .K = 10, .qo = o512, .ko = o512};
+    kn_attn_shape b = a, c = a;
+    b.qo = b.ko = o8k;
+    c.qo = q1;
+    c.ko = o8k; /* a decode step at position 8191 */
+    size_t f512 = kn_attention_workspace(&a, 1), f8k = kn_attention_workspace(&b, 1), fdec = kn_attention_workspace(&c, 1);
+    size_t b512 = kn_attention_backward_workspace(&a, 1), b8k = kn_attention_backward_workspace(&b, 1);
+    printf("  workspace per thread at H=32 D=128 K=10: forward %zu KB, backward %zu KB (n = 512 and 8192), decode %zu KB\n",
+           f512 * 4 / 1024, b512 * 4 / 1024, fdec * 4 / 1024);
+    CHECK(f512 == f8k && b512 == b8k, "workspace grows with the length: %zu -> %zu, %zu -> %zu", f512, f8k, b512, b8k);
+    CHECK(f512 < 512 * 512 / 4 && fdec <= f512, "forward workspace %zu floats", f512);
+    CHECK(kn_attention_workspace(&a, 4) == 4 * f512, "workspace is per thread");
 }
 
 /* A tape whose inputs are all frozen records nothing; no-grad records nothing either. */
@@ -653,6 +921,11 @@ int main(void) {
     RUN(test_sgemm_matches_reference);
     RUN(test_linear_16bit_weights);
     RUN(test_zero_gate_invariant);
+    RUN(test_attention_cached_matches_full);
+    RUN(test_attention_bits_independent_of_batch_and_threads);
+    RUN(test_attention_bf16_tracks_f32);
+    RUN(test_attention_backward_without_forward_output);
+    RUN(test_attention_workspace_does_not_grow_with_length);
     RUN(test_tape_prunes_frozen_work);
     RUN(test_gradients_accumulate);
     RUN(test_add_gradient_sharing);

@@ -2,8 +2,15 @@
 #include "trainer/args.h"
 
 #include <errno.h>
+#include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+
+int args_max_threads(void) {
+    int n = 4 * omp_get_num_procs();
+    return n > 64 ? n : 64;
+}
 
 arg_spec *args_find(arg_spec *specs, int n, const char *name) {
     for (int i = 0; i < n; i++)
@@ -43,6 +50,10 @@ static int set_value(const char *cmd, arg_spec *s, const char *v) {
     case ARG_INT: {
         long x = strtol(v, &end, 10);
         if (!*v || *end || errno || x < -2147483647L || x > 2147483647L) break;
+        if (!strcmp(s->name, "threads") && (x < 0 || x > args_max_threads())) {
+            fprintf(stderr, "llama-adapter %s: --threads %ld: expected 0..%d (0: all cores)\n", cmd, x, args_max_threads());
+            return -1;
+        }
         *(int *)s->dst = (int)x;
         return 0;
     }
@@ -54,20 +65,20 @@ static int set_value(const char *cmd, arg_spec *s, const char *v) {
     }
     case ARG_FLOAT: {
         float x = strtof(v, &end);
-        if (!*v || *end || errno) break;
+        if (!*v || *end || errno || !isfinite(x)) break;
         *(float *)s->dst = x;
         return 0;
     }
     case ARG_DOUBLE: {
         double x = strtod(v, &end);
-        if (!*v || *end || errno) break;
+        if (!*v || *end || errno || !isfinite(x)) break;
         *(double *)s->dst = x;
         return 0;
     }
     case ARG_FLAG: break;
     }
     fprintf(stderr, "llama-adapter %s: --%s: expected %s, got '%s'\n", cmd, s->name,
-            (s->type == ARG_FLOAT || s->type == ARG_DOUBLE) ? "a number" : "an integer", v);
+            (s->type == ARG_FLOAT || s->type == ARG_DOUBLE) ? "a finite number" : "an integer", v);
     return -1;
 }
 

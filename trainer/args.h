@@ -1,6 +1,8 @@
 /* Command-line flags of the subcommands: long options `--name VALUE` (or `--name=VALUE`),
  * booleans as `--name`, typed and checked in one place; `--help` prints every flag with its
- * default. Errors are one line: "llama-adapter CMD: --flag: expected an integer, got 'x'". */
+ * default. Errors are one line: "llama-adapter CMD: --flag: expected an integer, got 'x'".
+ * Checked here for every subcommand: numbers are finite (no inf/nan), and --threads is within
+ * 0..args_max_threads(). */
 #ifndef TRAINER_ARGS_H
 #define TRAINER_ARGS_H
 #include <stdio.h>
@@ -21,6 +23,9 @@ typedef struct arg_spec {
 int args_parse(const char *cmd, const char *usage, int argc, char **argv, arg_spec *specs, int n,
                const char **pos, int max_pos, int *n_pos);
 void args_help(FILE *f, const char *cmd, const char *usage, const arg_spec *specs, int n);
+/* The most threads --threads may ask for, in every subcommand: max(64, 4 x cores) (more
+ * threads than cores only loses time; far more exhausts memory for their stacks). */
+int args_max_threads(void);
 /* The spec named `name`, or NULL. */
 arg_spec *args_find(arg_spec *specs, int n, const char *name);
 #endif

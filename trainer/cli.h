@@ -7,6 +7,10 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+/* One training per (adapter_len, adapter_layer) pair, then a results table and plot (cmd_sweep.c). */
+int cmd_sweep(int argc, char **argv);
+/* Loss and lr curves of runs as an SVG (cmd_plot.c). */
+int cmd_plot(int argc, char **argv);
 /* inspect of an Alpaca JSON file: `inspect DATA.json --tokenizer T [--max-seq-len N]`. */
 int cmd_inspect_data(int argc, char **argv);
 #endif

@@ -11,12 +11,28 @@
 #include "trainer/cli.h"
 #include "trainer/memory.h"
 
+/* The export format an --out name implies: .safetensors/.st, .pth/.pt, .h5/.hdf5; -1 for any other. */
+static int format_of_name(const char *path, export_format *f) {
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    if (!dot || (slash && dot < slash)) return -1;
+    const char *ext = dot + 1;
+    if (!strcmp(ext, "safetensors") || !strcmp(ext, "st")) *f = EXPORT_SAFETENSORS;
+    else if (!strcmp(ext, "pth") || !strcmp(ext, "pt")) *f = EXPORT_PTH;
+    else if (!strcmp(ext, "h5") || !strcmp(ext, "hdf5")) *f = EXPORT_HDF5;
+    else return -1;
+    return 0;
+}
+
+static const char *format_name(export_format f) {
+    return f == EXPORT_SAFETENSORS ? "safetensors" : f == EXPORT_PTH ? "pth" : "hdf5";
+}
+
 int cmd_export(int argc, char **argv) {
-    const char *adapter = NULL, *format = "safetensors", *out = NULL;
+    const char *adapter = NULL, *format = NULL, *out = NULL;
     int adapter_len = 10;
     arg_spec specs[] = {
         {"adapter", ARG_STR, &adapter, "training checkpoint, run directory (its newest checkpoint) or adapter file", 0},
-        {"format", ARG_STR, &format, "safetensors | pth | hdf5", 0},
+        {"format", ARG_STR, &format, "safetensors | pth | hdf5 (default: from the --out extension .safetensors, .pth, .h5; else safetensors)", 0},
         {"out", ARG_STR, &out, "file to write (atomically)", 0},
         {"adapter-len", ARG_INT, &adapter_len, "K for adapter files without metadata", 0},
     };
@@ -28,10 +44,19 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "llama-adapter export: --adapter and --out are required (see --help)\n");
         return 2;
     }
-    if (export_format_parse(format, &fmt)) {
+    export_format by_name;
+    int named = format_of_name(out, &by_name) == 0;
+    if (format && export_format_parse(format, &fmt)) {
         fprintf(stderr, "llama-adapter export: --format '%s': expected safetensors, pth or hdf5\n", format);
         return 2;
     }
+    if (format && named && fmt != by_name) {
+        fprintf(stderr, "llama-adapter export: --format %s contradicts the extension of --out %s (a %s file): change one "
+                "of them\n", format, out, format_name(by_name));
+        return 2;
+    }
+    if (!format) fmt = named ? by_name : EXPORT_SAFETENSORS;
+    format = format_name(fmt);
     char err[1024], file[4096];
     if (ckpt_resolve(adapter, file, sizeof file, err, sizeof err)) {
         fprintf(stderr, "llama-adapter export: %s\n", err);
@@ -120,10 +145,9 @@ static int inspect_model(const char *path, int K, int L, int seq, int batch) {
     return 0;
 }
 
-static int inspect_checkpoint(const char *file) {
-    char err[1024];
+static int inspect_checkpoint(const char *file, char *err, size_t errlen) {
     train_ckpt ck;
-    if (ckpt_load(file, &ck, err, sizeof err)) return -1;
+    if (ckpt_load(file, &ck, err, errlen)) return -1;
     printf("checkpoint:   %s (version %d)\n", file, ck.version);
     printf("method:       %s, %zu trainable numbers\n", ck.method, ck.n_params);
     if (!strcmp(ck.method, "adapter"))
@@ -172,21 +196,50 @@ int cmd_inspect(int argc, char **argv) {
     if (S_ISDIR(st.st_mode)) { /* a run directory (checkpoints, no config.json): its newest checkpoint */
         char cfg[4200], file[4096], err[1024];
         snprintf(cfg, sizeof cfg, "%s/config.json", pos[0]);
-        if (access(cfg, F_OK) != 0 && ckpt_resolve(pos[0], file, sizeof file, err, sizeof err) == 0 &&
-            inspect_checkpoint(file) == 0)
-            return 0;
+        if (access(cfg, F_OK) != 0 && ckpt_resolve(pos[0], file, sizeof file, err, sizeof err) == 0) {
+            if (inspect_checkpoint(file, err, sizeof err) == 0) return 0;
+            fprintf(stderr, "llama-adapter inspect: %s\n", err); /* the run's newest checkpoint is damaged */
+            return 1;
+        }
     }
     if (S_ISREG(st.st_mode)) {
-        if (inspect_checkpoint(pos[0]) == 0) return 0;
-        char err[1024];
+        /* the bytes say what the file is; its own reader's message is the real reason it fails */
+        unsigned char head[16] = {0};
+        FILE *f = fopen(pos[0], "rb");
+        size_t got = f ? fread(head, 1, sizeof head, f) : 0;
+        if (f) fclose(f);
+        uint64_t hl = 0;
+        for (int i = 7; i >= 0; i--) hl = (hl << 8) | head[i];
+        int is_h5 = got >= 8 && !memcmp(head, "\x89HDF\r\n\x1a\n", 8), is_zip = got >= 4 && !memcmp(head, "PK\3\4", 4);
+        int is_st = got >= 9 && head[8] == '{' && hl >= 2 && hl <= (uint64_t)st.st_size - 8;
+        char err[1024], aerr[1024];
+        if (is_h5) {
+            if (inspect_checkpoint(pos[0], err, sizeof err) == 0) return 0;
+            if (!strstr(err, "not a llama-adapter training checkpoint")) { /* a damaged checkpoint */
+                fprintf(stderr, "llama-adapter inspect: %s\n", err);
+                return 1;
+            }
+        }
+        size_t n = strlen(pos[0]);
+        int named_pth = (n > 4 && !strcmp(pos[0] + n - 4, ".pth")) || (n > 3 && !strcmp(pos[0] + n - 3, ".pt"));
         adapter_data a;
-        if (adapter_import(pos[0], K, -1, -1, -1, &a, err, sizeof err) == 0) {
-            printf("adapter:      %s\n", pos[0]);
-            printf("shape:        adapter_query [%d, %d], K=%d L=%d of %d layers, %d heads, gate %s\n",
-                   a.adapter_layer * a.adapter_len, a.dim, a.adapter_len, a.adapter_layer, a.n_layers, a.n_heads,
-                   a.gate_act ? "identity" : "tanh");
-            adapter_data_free(&a);
-            return 0;
+        if (is_h5 || is_zip || is_st || named_pth) {
+            if (adapter_import(pos[0], K, -1, -1, -1, &a, aerr, sizeof aerr) == 0) {
+                printf("adapter:      %s\n", pos[0]);
+                printf("shape:        adapter_query [%d, %d], K=%d L=%d of %d layers, %d heads, gate %s\n",
+                       a.adapter_layer * a.adapter_len, a.dim, a.adapter_len, a.adapter_layer, a.n_layers, a.n_heads,
+                       a.gate_act ? "identity" : "tanh");
+                adapter_data_free(&a);
+                return 0;
+            }
+            int no_adapter = strstr(aerr, "no tensor adapter_query.weight") != NULL;
+            if (!(is_st && no_adapter)) { /* else a model's safetensors: the model reader below says more */
+                if (no_adapter && !is_h5)
+                    fprintf(stderr, "llama-adapter inspect: %s (Meta consolidated .pth models are not read)\n", aerr);
+                else
+                    fprintf(stderr, "llama-adapter inspect: %s\n", aerr);
+                return 1;
+            }
         }
     }
     return inspect_model(pos[0], K, L, seq, batch);

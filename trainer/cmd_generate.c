@@ -2,6 +2,7 @@
  * instructions or a list of token ids, with the base model or model + adapter (DESIGN.md §5).
  * Text streams to stdout as it is produced; speeds go to stderr. Exit status: 0 on success,
  * 1 on bad input (one line on stderr naming the file or value), 2 on a usage error.
+ * --data FILE --out answers.jsonl hands over to the answer sheets of trainer/answers.h.
  * Deliberately not here: chat loops, batching several prompts in one forward, stop strings. */
 #include <errno.h>
 #include <limits.h>
@@ -14,6 +15,7 @@
 #include "checkpoints/model_file.h"
 #include "data/alpaca.h"
 #include "data/tok.h"
+#include "trainer/answers.h"
 #include "trainer/args.h"
 #include "trainer/cli.h"
 #include "trainer/generate.h"
@@ -31,7 +33,14 @@ static const char USAGE_LINE[] =
     "model's max_seq_len. --tokenizer is needed except with --prompt-ids and --print-ids (then bos 1,\n"
     "eos 2 as llama2.c). --adapter takes an exported adapter (safetensors, .pth, HDF5), a training\n"
     "checkpoint or a run directory (its latest checkpoint). --print-ids prints the generated ids\n"
-    "(the final eos included) instead of text.";
+    "(the final eos included) instead of text.\n"
+    "\n"
+    "Answer sheets: --data FILE.json --out answers.jsonl [--adapter A --adapter B ...] [--no-base]\n"
+    "[--score exact|contains] answers every instruction of an Alpaca file with the base model and each\n"
+    "adapter (greedy unless --temperature is given; example i samples with --seed + i), one JSON line\n"
+    "per example {index, instruction, input, reference, base, adapters: {A: ...}} plus answers.md\n"
+    "beside it; --score prints each column's accuracy against the reference outputs (normalised as\n"
+    "the demo scores them). With --data, --max-new-tokens 16 --precision f32 answers as `make demo`.";
 
 /* One prompt to run: its ids (bos included) and a label for the header. */
 typedef struct prompt_item {
@@ -43,9 +52,13 @@ typedef struct prompt_item {
 typedef struct stream_ctx {
     const tok *tk;
     int print_ids;
-    int *buf;        /* ids decodable by the tokenizer */
-    size_t printed;  /* bytes of the decoded text already written */
+    int *buf;        /* ids decodable by the tokenizer, in generation order */
+    int m;           /* ids in buf */
+    int seen;        /* generated ids looked at (ids outside the vocabulary are skipped) */
+    int prefix_off, read_off; /* buf[prefix_off, read_off): the context window already printed */
 } stream_ctx;
+
+static void stream_reset(stream_ctx *sc) { sc->m = sc->seen = sc->prefix_off = sc->read_off = 0; }
 
 static int fail(const char *msg) {
     fprintf(stderr, "llama-adapter " CMD ": %s\n", msg);
@@ -149,23 +162,30 @@ static int read_lines(const char *path, char ***lines, int *n, char *err, size_t
     return 0;
 }
 
-/* Prints the new part of the decoded text (whole generated list decoded each step, so pieces
- * that join into one multi-byte character come out right); an incomplete character at the end
- * (decoded as U+FFFD) is held back until the next token completes it, or until `final`. */
+/* Prints the text of the new pieces only. The window buf[prefix_off, m) is decoded and the
+ * decoding of its already printed part buf[prefix_off, read_off) is cut off the front: the
+ * piece before the new ones gives them their context (a leading space is only dropped at the
+ * very start; byte pieces join into one multi-byte character), so the output is byte for byte
+ * the decoding of the whole list, at the cost of a few pieces per token instead of all of them.
+ * An incomplete character at the end (decoded as U+FFFD) is held back until the next token
+ * completes it, or until `final`. */
 static void stream_text(stream_ctx *sc, const int *ids, int n, int final) {
-    int m = 0, V = tok_vocab_size(sc->tk);
-    for (int i = 0; i < n; i++)
-        if (ids[i] >= 0 && ids[i] < V) sc->buf[m++] = ids[i];
-    char *s = tok_decode(sc->tk, sc->buf, m);
-    if (!s) return;
-    size_t len = strlen(s);
-    if (!final)
-        while (len >= 3 && !memcmp(s + len - 3, "\xEF\xBF\xBD", 3)) len -= 3;
-    if (len > sc->printed) {
-        fwrite(s + sc->printed, 1, len - sc->printed, stdout);
-        fflush(stdout);
-        sc->printed = len;
+    int V = tok_vocab_size(sc->tk);
+    for (; sc->seen < n; sc->seen++)
+        if (ids[sc->seen] >= 0 && ids[sc->seen] < V) sc->buf[sc->m++] = ids[sc->seen];
+    char *pre = tok_decode(sc->tk, sc->buf + sc->prefix_off, sc->read_off - sc->prefix_off);
+    char *s = tok_decode(sc->tk, sc->buf + sc->prefix_off, sc->m - sc->prefix_off);
+    if (pre && s) {
+        size_t lp = strlen(pre), len = strlen(s);
+        int held = len >= 3 && !memcmp(s + len - 3, "\xEF\xBF\xBD", 3);
+        if (len > lp && (final || !held)) {
+            fwrite(s + lp, 1, len - lp, stdout);
+            fflush(stdout);
+            sc->prefix_off = sc->read_off;
+            sc->read_off = sc->m;
+        }
     }
+    free(pre);
     free(s);
 }
 
@@ -187,16 +207,19 @@ int cmd_generate(int argc, char **argv) {
     long long seed = 0;
     int max_new = 256, print_ids = 0, adapter_len = 10, threads = 0, bf16 = 0;
     const char *precision = "auto";
+    /* answer sheets (trainer/answers.h) */
+    const char *data_path = NULL, *out_path = NULL, *score = NULL;
+    int no_base = 0, parallel = 0, progress_every = 25;
     arg_spec specs[] = {
         {"model", ARG_STR, &model_path, "model: HF directory or llama2.c .bin (required)", 0},
         {"tokenizer", ARG_STR, &tok_path, "SentencePiece .model (not needed with --prompt-ids --print-ids)", 0},
-        {"adapter", ARG_STR, &adapter_path, "adapter export, training checkpoint or run directory", 0},
+        {"adapter", ARG_STR, &adapter_path, "adapter export, training checkpoint or run directory (with --data: repeat, one column each)", 0},
         {"instruction", ARG_STR, &instruction, "instruction, wrapped in the Alpaca template", 0},
         {"input", ARG_STR, &input, "input of the instruction (optional)", 0},
         {"prompt", ARG_STR, &prompt, "raw prompt text (no template)", 0},
         {"prompt-file", ARG_STR, &prompt_file, "file with one instruction per line, each generated in turn", 0},
         {"prompt-ids", ARG_STR, &prompt_ids, "comma-separated prompt token ids ('' = bos alone)", 0},
-        {"temperature", ARG_FLOAT, &temperature, "sampling temperature, 0 = greedy", 0},
+        {"temperature", ARG_FLOAT, &temperature, "sampling temperature, 0 = greedy (with --data: 0 unless given)", 0},
         {"top-p", ARG_FLOAT, &top_p, "nucleus sampling mass in (0, 1]", 0},
         {"seed", ARG_I64, &seed, "sampling seed", 0},
         {"max-new-tokens", ARG_INT, &max_new, "most tokens generated per prompt", 0},
@@ -204,10 +227,38 @@ int cmd_generate(int argc, char **argv) {
         {"adapter-len", ARG_INT, &adapter_len, "adapter_len of an adapter file without metadata", 0},
         {"threads", ARG_INT, &threads, "OpenMP threads (0 = all)", 0},
         {"precision", ARG_STR, &precision, "auto | f32 | bf16: GEMMs of prompt forwards (auto: bf16 where the CPU has AVX512-BF16)", 0},
+        {"data", ARG_STR, &data_path, "answer sheet: every instruction of this Alpaca JSON file (needs --out)", 0},
+        {"out", ARG_STR, &out_path, "answer sheet: answers.jsonl to write (answers.md beside it)", 0},
+        {"score", ARG_STR, &score, "answer sheet: exact | contains: accuracy of each column against the reference", 0},
+        {"no-base", ARG_FLAG, &no_base, "answer sheet: no base-model column (adapters only)", 0},
+        {"parallel", ARG_INT, &parallel, "answer sheet: examples answered at once (0 = auto: all threads for models up to 64 MB)", 0},
+        {"progress-every", ARG_INT, &progress_every, "answer sheet: a progress line every N answers when stderr is not a terminal", 0},
     };
     int n_specs = (int)(sizeof specs / sizeof specs[0]);
     int rc = args_parse(CMD, USAGE_LINE, argc, argv, specs, n_specs, NULL, 0, NULL);
     if (rc) return rc > 0 ? 0 : 2;
+    /* --adapter may repeat with --data (one column each); args_parse kept the last */
+    const char *adapters[64];
+    int n_adapters = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v = !strcmp(argv[i], "--adapter") && i + 1 < argc ? argv[++i]
+                        : !strncmp(argv[i], "--adapter=", 10)         ? argv[i] + 10
+                                                                      : NULL;
+        if (v && n_adapters == 64) return usage("more than 64 --adapter columns");
+        if (v) adapters[n_adapters++] = v;
+    }
+    if (data_path) {
+        if (instruction || input || prompt || prompt_file || prompt_ids || print_ids)
+            return usage("--data answers a whole file: not with --instruction, --input, --prompt, --prompt-file, "
+                         "--prompt-ids or --print-ids");
+        answers_cli a = {model_path, tok_path, data_path, out_path, score, precision, adapters, n_adapters, no_base,
+                         max_new, adapter_len, threads, parallel, progress_every,
+                         args_find(specs, n_specs, "temperature")->seen ? temperature : 0.0f, top_p, seed};
+        return answers_cmd(&a);
+    }
+    if (n_adapters > 1) return usage("--adapter is given more than once: several adapters go with --data FILE");
+    if (out_path || score || no_base)
+        return usage("--out, --score and --no-base go with --data FILE (answer sheets)");
 
     /* ---- flag checks (usage errors, exit 2) ---- */
     if (!model_path) return usage("missing --model M");
@@ -372,7 +423,7 @@ int cmd_generate(int argc, char **argv) {
             printf("%s=== [%d/%d] %s\n", i ? "\n" : "", i + 1, n_items, items[i].label);
             fflush(stdout);
         }
-        sc.printed = 0;
+        stream_reset(&sc);
         gen_stats st;
         int n = gen_generate(eng, items[i].ids, items[i].n, max_new, eos, &smp, out, on_token, &sc, &st, err,
                              sizeof err);

@@ -2,9 +2,11 @@
 #include "trainer/config.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "trainer/args.h"
 #include "trainer/memory.h"
@@ -74,6 +76,7 @@ void train_config_defaults(train_config *c) {
     {"max-steps", ARG_I64, &(c)->max_steps, "stop after this many optimizer steps (0: no limit)", 0},       \
     {"init-adapter", ARG_STR, &(c)->init_adapter, "start from an exported adapter (any format)", 0},        \
     {"resume", ARG_STR, &(c)->resume, "continue a run: checkpoint file or run directory", 0},              \
+    {"overwrite", ARG_FLAG, &(c)->overwrite, "a new run may replace the checkpoints and metrics of another run in --out", 0}, \
     {"save-every", ARG_INT, &(c)->save_every, "checkpoint every N steps (0: at epoch ends and the end)", 0}, \
     {"keep", ARG_INT, &(c)->keep, "keep the newest N checkpoints (0: all)", 0},                             \
     {"eval-every", ARG_INT, &(c)->eval_every, "validation loss every N steps too (0: epoch ends only)", 0},  \
@@ -86,8 +89,10 @@ void train_config_defaults(train_config *c) {
 
 
 /* JSON keys: flag names with '-' -> '_'. `path` names the source in messages. The parsed tree
- * is kept (chained in json_keep) because string values point into it. */
-static int load_json_text(train_config *c, arg_spec *specs, int n, const char *path, const char *buf, size_t got) {
+ * is kept (chained in json_keep) because string values point into it. `explicit`: the keys are
+ * this invocation's own (--config FILE), not a resumed checkpoint's. */
+static int load_json_text(train_config *c, arg_spec *specs, int n, const char *path, const char *buf, size_t got,
+                          int explicit) {
     cJSON *root = cJSON_ParseWithLength(buf, got);
     if (!root || !cJSON_IsObject(root)) {
         const char *ep = cJSON_GetErrorPtr();
@@ -102,8 +107,10 @@ static int load_json_text(train_config *c, arg_spec *specs, int n, const char *p
     c->json_keep = keep;
     for (cJSON *it = root->child; it; it = it->next) {
         if (!strcmp(it->string, "world_size")) { /* a record of the run, checked by the trainer */
-            if (!cJSON_IsNumber(it) || it->valuedouble < 1) {
-                fprintf(stderr, "llama-adapter train: %s: key \"world_size\": expected a positive integer\n", path);
+            if (!cJSON_IsNumber(it) || !(it->valuedouble >= 1 && it->valuedouble <= CFG_MAX_WORLD) ||
+                it->valuedouble != floor(it->valuedouble)) {
+                fprintf(stderr, "llama-adapter train: %s: key \"world_size\": expected an integer 1..%d (processes)\n",
+                        path, CFG_MAX_WORLD);
                 return -1;
             }
             c->json_world_size = (int)it->valuedouble;
@@ -114,7 +121,7 @@ static int load_json_text(train_config *c, arg_spec *specs, int n, const char *p
         for (char *p = name; *p; p++)
             if (*p == '_') *p = '-';
         arg_spec *s = args_find(specs, n, name);
-        if (!s || !strcmp(name, "config")) {
+        if (!s || !strcmp(name, "config") || !strcmp(name, "overwrite")) {
             fprintf(stderr, "llama-adapter train: %s: unknown key \"%s\" (see llama-adapter train --help)\n", path, it->string);
             return -1;
         }
@@ -129,13 +136,14 @@ static int load_json_text(train_config *c, arg_spec *specs, int n, const char *p
             if (cJSON_IsNumber(it) && it->valuedouble == floor(it->valuedouble) && fabs(it->valuedouble) < 2e9) *(int *)s->dst = (int)it->valuedouble;
             else ok = 0;
             break;
-        case ARG_I64:
-            if (cJSON_IsNumber(it) && it->valuedouble == floor(it->valuedouble)) *(long long *)s->dst = (long long)it->valuedouble;
+        case ARG_I64: /* exact integers only: |v| <= 2^53 */
+            if (cJSON_IsNumber(it) && it->valuedouble == floor(it->valuedouble) && fabs(it->valuedouble) <= 9007199254740992.0)
+                *(long long *)s->dst = (long long)it->valuedouble;
             else ok = 0;
             break;
         case ARG_FLOAT:
         case ARG_DOUBLE:
-            if (cJSON_IsNumber(it)) *(double *)s->dst = it->valuedouble;
+            if (cJSON_IsNumber(it) && isfinite(it->valuedouble)) *(double *)s->dst = it->valuedouble;
             else ok = 0;
             break;
         case ARG_FLAG:
@@ -146,27 +154,44 @@ static int load_json_text(train_config *c, arg_spec *specs, int n, const char *p
         if (!ok) {
             fprintf(stderr, "llama-adapter train: %s: key \"%s\": expected %s\n", path, it->string,
                     s->type == ARG_STR ? "a string" : s->type == ARG_FLAG ? "true or false" :
-                    s->type == ARG_DOUBLE ? "a number" : "an integer");
+                    s->type == ARG_DOUBLE ? "a finite number" : s->type == ARG_I64 ? "an integer of at most 2^53" :
+                    "an integer");
             return -1;
         }
+        if (explicit && !strcmp(name, "out")) c->given_out = 1;
+        if (explicit && !strcmp(name, "warmup-epochs")) c->given_warmup = 1;
     }
     return 0;
 }
 
+/* A config file is small: anything above this is refused before it is read. */
+#define CFG_MAX_FILE (1 << 20)
+
 static int load_json_file(train_config *c, arg_spec *specs, int n, const char *path) {
     FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "llama-adapter train: %s: cannot open config file\n", path);
+    struct stat st;
+    if (!f || fstat(fileno(f), &st) != 0) {
+        fprintf(stderr, "llama-adapter train: %s: cannot open config file: %s\n", path, strerror(errno));
+        if (f) fclose(f);
         return -1;
     }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)(len > 0 ? len : 0) + 1);
-    size_t got = len > 0 ? fread(buf, 1, (size_t)len, f) : 0;
+    if (!S_ISREG(st.st_mode) || st.st_size > CFG_MAX_FILE) {
+        fprintf(stderr, "llama-adapter train: %s: %s: expected a JSON config file (at most 1 MB)\n", path,
+                S_ISDIR(st.st_mode) ? "is a directory" : !S_ISREG(st.st_mode) ? "not a regular file" : "too large");
+        fclose(f);
+        return -1;
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    size_t got = buf ? fread(buf, 1, (size_t)st.st_size, f) : 0;
+    int bad = ferror(f);
     fclose(f);
+    if (!buf || bad) {
+        fprintf(stderr, "llama-adapter train: %s: %s\n", path, buf ? "read error" : "out of memory");
+        free(buf);
+        return -1;
+    }
     buf[got] = 0;
-    int r = load_json_text(c, specs, n, path, buf, got);
+    int r = load_json_text(c, specs, n, path, buf, got, 1);
     free(buf);
     return r;
 }
@@ -186,10 +211,14 @@ int train_config_parse(train_config *c, int argc, char **argv, const char *base_
         if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[i + 1];
         else if (!strncmp(argv[i], "--config=", 9)) config_path = argv[i] + 9;
     }
-    if (base_json && load_json_text(c, specs, n, base_name, base_json, strlen(base_json))) return -1;
+    if (base_json && load_json_text(c, specs, n, base_name, base_json, strlen(base_json), 0)) return -1;
     if (config_path && load_json_file(c, specs, n, config_path)) return -1;
     /* pass 2: every flag over the file */
     int r = args_parse("train", USAGE, argc, argv, specs, n, NULL, 0, NULL);
+    if (r == 0) {
+        c->given_out |= args_find(specs, n, "out")->seen;
+        c->given_warmup |= args_find(specs, n, "warmup-epochs")->seen;
+    }
     return r;
 }
 
@@ -209,20 +238,43 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
     NEED(!strcmp(c->gate_act, "tanh") || !strcmp(c->gate_act, "identity"), "--gate-act '%s': expected tanh or identity", c->gate_act);
     NEED(!strcmp(c->data_format, "auto") || !strcmp(c->data_format, "alpaca") || !strcmp(c->data_format, "text"),
          "--data-format '%s': expected auto, alpaca or text", c->data_format);
-    NEED(c->adapter_len >= 1, "--adapter-len %d: expected >= 1", c->adapter_len);
+    NEED(c->adapter_len >= 1 && c->adapter_len <= CFG_MAX_ADAPTER_LEN,
+         "--adapter-len %d: expected 1..%d (each prompt costs as much as a token of attention; the paper uses 10)",
+         c->adapter_len, CFG_MAX_ADAPTER_LEN);
     NEED(c->adapter_layer >= 1, "--adapter-layer %d: expected >= 1", c->adapter_layer);
     NEED(n_layers <= 0 || c->adapter_layer <= n_layers, "--adapter-layer %d: the model has %d layers", c->adapter_layer, n_layers);
-    NEED(c->max_seq_len >= 2, "--max-seq-len %d: expected >= 2", c->max_seq_len);
+    NEED(c->max_seq_len >= 2 && c->max_seq_len <= CFG_MAX_SEQ_LEN, "--max-seq-len %d: expected 2..%d", c->max_seq_len,
+         CFG_MAX_SEQ_LEN);
     NEED(c->batch_size >= 1, "--batch-size %d: expected >= 1", c->batch_size);
+    NEED((long long)c->batch_size * c->max_seq_len <= CFG_MAX_TOKENS,
+         "--batch-size %d x --max-seq-len %d: expected at most %d tokens per micro-batch", c->batch_size, c->max_seq_len,
+         CFG_MAX_TOKENS);
     NEED(c->accum_iter >= 1, "--accum-iter %d: expected >= 1", c->accum_iter);
+    NEED((long long)c->batch_size * c->accum_iter * c->world_size <= 2147483647LL,
+         "--batch-size %d x --accum-iter %d x %d processes: the effective batch must fit in 2^31", c->batch_size,
+         c->accum_iter, c->world_size);
     NEED(c->epochs >= 1, "--epochs %d: expected >= 1", c->epochs);
-    NEED(c->warmup_epochs >= 0 && c->warmup_epochs <= c->epochs, "--warmup-epochs %g: expected 0..epochs", c->warmup_epochs);
-    NEED(c->blr >= 0 && c->lr >= 0 && c->min_lr >= 0, "learning rates must be >= 0");
-    NEED(c->weight_decay >= 0, "--weight-decay %g: expected >= 0", c->weight_decay);
-    NEED(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1 && c->eps > 0, "AdamW betas must be in [0,1), eps > 0");
-    NEED(c->max_steps >= 0 && c->save_every >= 0 && c->keep >= 0 && c->eval_every >= 0 && c->log_every >= 0 &&
-             c->val_split >= 0 && c->threads >= 0,
-         "counts (max-steps, save-every, keep, eval-every, log-every, val-split, threads) must be >= 0");
+    NEED(c->warmup_epochs >= 0 && c->warmup_epochs <= c->epochs,
+         "--warmup-epochs %g: expected 0..%d (--epochs)", c->warmup_epochs, c->epochs);
+    NEED(isfinite(c->lr) && c->lr >= 0 && c->lr <= CFG_MAX_LR, "--lr %g: expected 0..%g (0: from --blr)", c->lr, CFG_MAX_LR);
+    NEED(isfinite(c->blr) && c->blr >= 0 && c->blr <= CFG_MAX_LR, "--blr %g: expected 0..%g", c->blr, CFG_MAX_LR);
+    NEED(isfinite(c->min_lr) && c->min_lr >= 0 && c->min_lr <= CFG_MAX_LR, "--min-lr %g: expected 0..%g", c->min_lr,
+         CFG_MAX_LR);
+    NEED(train_config_lr(c) <= CFG_MAX_LR,
+         "--blr %g x effective batch %lld / 256 = lr %g: expected an lr of at most %g (lower --blr or give --lr)", c->blr,
+         (long long)c->batch_size * c->accum_iter * c->world_size, train_config_lr(c), CFG_MAX_LR);
+    NEED(isfinite(c->weight_decay) && c->weight_decay >= 0 && c->weight_decay <= 1,
+         "--weight-decay %g: expected 0..1", c->weight_decay);
+    NEED(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1, "AdamW --beta1 %g, --beta2 %g: expected 0 <= beta < 1",
+         c->beta1, c->beta2);
+    NEED(c->eps > 0 && c->eps <= 1, "AdamW --eps %g: expected 0 < eps <= 1", c->eps);
+    NEED(c->seed >= 0 && c->seed <= CFG_MAX_SEED, "--seed %lld: expected 0..%lld (2^53 - 1)", c->seed, CFG_MAX_SEED);
+    NEED(c->max_steps >= 0 && c->max_steps <= CFG_MAX_SEED, "--max-steps %lld: expected 0..%lld (0: no limit)",
+         c->max_steps, CFG_MAX_SEED);
+    NEED(c->save_every >= 0 && c->keep >= 0 && c->eval_every >= 0 && c->log_every >= 0 && c->val_split >= 0,
+         "counts (save-every, keep, eval-every, log-every, val-split) must be >= 0");
+    NEED(c->threads >= 0 && c->threads <= args_max_threads(), "--threads %d: expected 0..%d (0: all cores)", c->threads,
+         args_max_threads());
     NEED(!(c->val_data && c->val_split), "give --val-data or --val-split, not both");
     NEED(c->precision && (!strcmp(c->precision, "auto") || !strcmp(c->precision, "f32") || !strcmp(c->precision, "bf16")),
          "--precision '%s': expected auto, f32 or bf16", c->precision ? c->precision : "(null)");
@@ -250,6 +302,7 @@ char *train_config_json(const train_config *c) {
     int n = (int)(sizeof specs / sizeof specs[0]);
     cJSON *o = cJSON_CreateObject();
     for (int i = 1; i < n; i++) { /* skip "config" */
+        if (!strcmp(specs[i].name, "overwrite")) continue; /* how this process started, not the run */
         char key[64];
         snprintf(key, sizeof key, "%s", specs[i].name);
         for (char *p = key; *p; p++)

@@ -20,10 +20,23 @@ typedef struct train_config {
     double warmup_epochs, blr, lr, min_lr, weight_decay, beta1, beta2, eps;
     long long seed, max_steps;
     int no_shuffle, threads, save_every, keep, eval_every, log_every, val_split;
+    int overwrite;        /* --overwrite: a new run may replace the run files of --out */
     int world_size;       /* data-parallel processes (from MPI, not a flag) */
     int json_world_size;  /* "world_size" of a config file or resumed checkpoint; 0 when absent */
     void *json_keep;      /* parsed config file (owns the strings taken from it) */
+    /* which keys this invocation set itself (a flag or --config FILE), as opposed to defaults
+     * or a resumed checkpoint's config */
+    int given_out, given_warmup;
 } train_config;
+
+/* Upper bounds of the numeric settings (refused above them, with the bound in the message). */
+#define CFG_MAX_LR 10.0             /* lr, blr, min_lr; also the effective lr */
+#define CFG_MAX_ADAPTER_LEN 1024    /* K: each prompt costs as much as a token of attention */
+#define CFG_MAX_SEQ_LEN (1 << 20)
+#define CFG_MAX_TOKENS (1 << 30)    /* batch_size * max_seq_len */
+#define CFG_MAX_SEED ((1LL << 53) - 1) /* seeds survive the JSON of the config exactly */
+#define CFG_MAX_WORLD (1 << 20)
+
 
 /* Defaults (the reference recipe where it has one). */
 void train_config_defaults(train_config *c);

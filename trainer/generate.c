@@ -128,7 +128,7 @@ gen_engine *gen_engine_new(const model_weights *w, const trainable *ad, int max_
     /* the attention workspace of a single-token step at the last position, so decoding never
      * regrows the scratch (a batched prompt may grow it once) */
     int qo[2] = {0, 1}, ko[2] = {0, max_len};
-    kn_attn_shape sh = {1, c->n_heads, c->n_kv_heads, c->dim / c->n_heads, e->K, qo, ko};
+    kn_attn_shape sh = {.n_seq = 1, .H = c->n_heads, .G = c->n_kv_heads, .D = c->dim / c->n_heads, .K = e->K, .qo = qo, .ko = ko};
     ag_scratch(&e->tape, kn_attention_workspace(&sh, omp_get_max_threads()));
     if (ad) compute_prefixes(e, ad);
     return e;

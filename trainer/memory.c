@@ -63,14 +63,14 @@ double mem_weight_bytes(const model_weights *w, double *mapped) {
 }
 
 /* scratch of the biggest op: a 16-bit weight tile (256 rows of the widest input), the
- * attention backward's per-thread probabilities or the bf16 GEMM's packed panels; OpenBLAS's
+ * attention backward's per-thread tiles or the bf16 GEMM's packed panels; OpenBLAS's
  * per-thread buffers */
 static double workspace_bytes(const model_weights *w, int T, int threads) {
     const llama_config *c = &w->cfg;
     double wide = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
     double lin = w->dtype == AG_F32 ? 0 : 4.0 * 256 * wide;
-    double n = T; /* the longest sequence is at most the micro-batch */
-    double attn = 4.0 * threads * (2 * n * n + 16);
+    /* attention works in 64 x 64 tiles: under 1 MB per thread whatever the length */
+    double attn = (double)threads * (1 << 20);
     double gemm = kn_bf16_gemm_available() ? (double)kn_gemm_bf16_workspace(T, (int)wide, (int)wide) : 0;
     double most = lin > attn ? lin : attn;
     return (most > gemm ? most : gemm) + threads * 32.0 * 1024 * 1024;

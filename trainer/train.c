@@ -8,18 +8,30 @@
  * a resumed run writes the same metrics and ends with the same parameters, bit for bit.
  * SIGINT/SIGTERM finish the current step, write a checkpoint and exit with status 130.
  * Under mpirun every rank trains on its shard of the data and the gradients are averaged before
- * each step (trainer/dist.h); rank 0 alone prints, writes metrics and checkpoints. */
+ * each step (trainer/dist.h); rank 0 alone prints, writes metrics and checkpoints.
+ *
+ * Nothing lost: the run directory is locked and a new run refuses one holding another run's
+ * files (checkpoints/run_dir.h); pruning never deletes the checkpoint just written; a step whose
+ * loss or gradient is not finite stops the run before the update (the checkpoints on disk stay
+ * the last good ones) and no "nan" reaches metrics.jsonl; a failed write stops with one line.
+ * The stored config holds absolute paths, and --resume without --out continues in the resumed
+ * checkpoint's folder, so a run resumes from any working directory. A resume is refused when the
+ * tokenized training data differs from the checkpoint's (data fingerprint). */
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "autograd/ops.h"
 #include "checkpoints/adapter_file.h"
+#include "checkpoints/run_dir.h"
 #include "data/alpaca.h"
 #include "data/loader.h"
 #include "trainer/cli.h"
@@ -61,24 +73,33 @@ typedef struct run {
     double plan_total;      /* the memory plan's total */
     int recompute;          /* gradient checkpointing of the recorded layers (from the memory plan) */
     double est_activations; /* the plan's activation bytes for the longest micro-batch */
+    uint64_t data_fingerprint; /* of the tokenized training set (refuses a resume on other data) */
+    run_dir rd;             /* the locked run directory (rank 0; rd.fd < 0 elsewhere) */
 } run;
 
-static int mkdir_p(const char *path, char *err, size_t errlen) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || !*p) {
-            char keep = *p;
-            *p = 0;
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
-                snprintf(err, errlen, "%s: cannot create directory: %s", buf, strerror(errno));
-                return -1;
-            }
-            *p = keep;
-            if (!keep) break;
+/* FNV-1a 64 over the tokenized training set (ids, labels, example boundaries): another file, or
+ * the same file cut at another max_seq_len, gives another value. */
+static uint64_t dataset_fingerprint(const dataset *d) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    int64_t total = d->n ? d->off[d->n] : 0;
+    const int *streams[2] = {d->ids, d->labels};
+    for (int s = 0; s < 2; s++)
+        for (int64_t i = 0; i < total; i++) {
+            h ^= (uint32_t)streams[s][i];
+            h *= 0x100000001b3ull;
         }
+    for (int i = 0; i <= d->n; i++) {
+        h ^= (uint64_t)d->off[i];
+        h *= 0x100000001b3ull;
     }
-    return 0;
+    return h ? h : 1; /* 0 means "not recorded" in a checkpoint */
+}
+
+/* Index of the first NaN/Inf of x[0..n) (or negative value when nonneg), -1 when none. */
+static long long first_bad(const float *x, size_t n, int nonneg) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]) || (nonneg && x[i] < 0)) return (long long)i;
+    return -1;
 }
 
 static int save_checkpoint(run *r, char *err, size_t errlen) {
@@ -110,9 +131,15 @@ static int save_checkpoint(run *r, char *err, size_t errlen) {
     ck.data_seed = (uint64_t)r->c->seed;
     ck.model_fingerprint = r->w.fingerprint;
     ck.tok_fingerprint = tok_fingerprint(r->tk);
+    ck.data_fingerprint = r->data_fingerprint;
     ck.config_json = r->config_json;
-    if (ckpt_save(path, &ck, err, errlen)) return -1;
-    ckpt_prune(r->c->out, r->c->keep);
+    if (ckpt_save(path, &ck, err, errlen)) {
+        size_t at = strlen(err);
+        if (r->last_saved > 0 && at + 1 < errlen) /* say what is safe */
+            snprintf(err + at, errlen - at, " (the checkpoint of step %lld is intact)", (long long)r->last_saved);
+        return -1;
+    }
+    ckpt_prune_upto(r->c->out, r->c->keep, r->step);
     r->last_saved = r->step;
     return 0;
 }
@@ -138,6 +165,28 @@ static int restore(run *r, const train_ckpt *ck, const char *file, char *err, si
         snprintf(err, errlen, "%s: checkpoint adapter is K=%d L=%d gate %s (%zu numbers); this run asks for K=%d L=%d gate %s (%zu)",
                  file, ck->adapter.adapter_len, ck->adapter.adapter_layer, ck->adapter.gate_act ? "identity" : "tanh",
                  ck->n_params, r->tr.K, r->tr.L, r->tr.gate_act ? "identity" : "tanh", r->tr.n);
+        return -1;
+    }
+    if (ck->data_fingerprint && ck->data_fingerprint != r->data_fingerprint) {
+        snprintf(err, errlen, "%s: checkpoint was trained on other data than %s (the tokenized examples at max_seq_len %d "
+                 "differ): resume with the run's own --data and --max-seq-len, or start a new run from it with "
+                 "--init-adapter", file, r->c->data, r->c->max_seq_len);
+        return -1;
+    }
+    const char *blocks[3] = {"params", "adam_m", "adam_v"};
+    const float *vals[3] = {ck->params, ck->adam_m, ck->adam_v};
+    for (int b = 0; b < 3; b++) {
+        long long i = first_bad(vals[b], ck->n_params, b == 2);
+        if (i >= 0) {
+            snprintf(err, errlen, "%s: checkpoint %s[%lld] is %g: expected finite values%s (a run that diverged before "
+                     "this checkpoint, or a damaged file): resume from an earlier checkpoint", file, blocks[b], i,
+                     (double)vals[b][i], b == 2 ? " >= 0" : "");
+            return -1;
+        }
+    }
+    if (ck->micro_index > (int64_t)loader_steps_per_epoch(&r->ld)) {
+        snprintf(err, errlen, "%s: checkpoint cursor at micro-batch %lld of an epoch of %d: a damaged file", file,
+                 (long long)ck->micro_index, loader_steps_per_epoch(&r->ld));
         return -1;
     }
     memcpy(r->tr.p, ck->params, r->tr.n * sizeof(float));
@@ -312,6 +361,24 @@ static int setup(run *r, char *err, size_t errlen) {
     }
     dataset_summary(&r->train, "train", stdout);
     if (r->has_val) dataset_summary(&r->val, "validation", stdout);
+    const dataset *sets[2] = {&r->train, &r->val};
+    for (int k = 0; k < 1 + r->has_val; k++)
+        if (sets[k]->n_loss_tokens == 0) {
+            snprintf(err, errlen, "%s: none of the %d %s examples keeps an answer token after truncation at --max-seq-len %d "
+                     "(the prompts fill it): nothing to learn; raise --max-seq-len or shorten the prompts",
+                     k ? (c->val_data ? c->val_data : c->data) : c->data, sets[k]->n, k ? "validation" : "training",
+                     c->max_seq_len);
+            return -1;
+        }
+    if (r->w.cfg.max_seq_len > 0 && c->max_seq_len > r->w.cfg.max_seq_len) {
+        int longer = 0;
+        for (int i = 0; i < r->train.n; i++) longer += r->train.off[i + 1] - r->train.off[i] > r->w.cfg.max_seq_len;
+        if (longer)
+            printf("warning: --max-seq-len %d exceeds the model's max_position_embeddings %d: %d training examples are "
+                   "longer than %d tokens and train positions the model was never trained at\n",
+                   c->max_seq_len, r->w.cfg.max_seq_len, longer, r->w.cfg.max_seq_len);
+    }
+    r->data_fingerprint = dataset_fingerprint(&r->train);
     int gate = !strcmp(c->gate_act, "identity") ? GATE_IDENTITY : GATE_TANH;
     if (!strcmp(c->method, "full")) {
         if (trainable_full_init(&r->tr, &r->w, err, errlen)) return -1;
@@ -345,7 +412,13 @@ static int setup(run *r, char *err, size_t errlen) {
         r->opt.no_decay[r->opt.n_no_decay][0] = (size_t)((float *)r->w.norm.data - r->tr.p);
         r->opt.no_decay[r->opt.n_no_decay++][1] = ag_numel(&r->w.norm);
     }
-    if (mkdir_p(c->out, err, errlen)) return -1;
+    if (r->d->rank != 0) /* rank 0 made it (run_dir_claim); the prefix cache files of other ranks go there too */
+        for (char *p = strchr(r->c->out + 1, '/');; p = strchr(p + 1, '/')) {
+            char part[4096];
+            snprintf(part, sizeof part, "%.*s", p ? (int)(p - r->c->out) : (int)strlen(r->c->out), r->c->out);
+            mkdir(part, 0777);
+            if (!p) break;
+        }
     if (setup_prefix_cache(r, err, errlen)) return -1;
     if (loader_init(&r->ld, &r->train, c->batch_size, !c->no_shuffle, (uint64_t)c->seed) ||
         loader_set_shard(&r->ld, r->d->rank, r->d->world)) {
@@ -469,24 +542,45 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
             all_tokens = dist_sum_i64(r->d, all_tokens);
         }
         float step_loss = (float)(loss_sum / c->accum_iter);
+        long long bad_g = first_bad(r->tr.g, r->tr.n, 0);
+        if (!isfinite(step_loss) || bad_g >= 0) { /* every rank sees the same sums: they all stop here */
+            char last[64] = "no checkpoint was written yet";
+            if (r->last_saved > 0) snprintf(last, sizeof last, "the last good checkpoint is step %lld", (long long)r->last_saved);
+            snprintf(err, errlen, "step %lld: the %s is %s (lr %.3g): stopped before updating the parameters; %s in %s "
+                     "(lower --lr/--blr, or check the data and model)", (long long)r->step + 1,
+                     isfinite(step_loss) ? "gradient" : "loss",
+                     isfinite(step_loss) ? "not finite (NaN or Inf)" : isnan(step_loss) ? "NaN" : "infinite", lr, last, c->out);
+            return -1;
+        }
         adamw_step(&r->opt, r->tr.p, r->tr.g, lr);
         r->step++;
         steps_this_run++;
         r->micro += c->accum_iter;
         double dt = omp_get_wtime() - t0;
+        if (!(dt > 1e-9)) dt = 1e-9; /* rates stay finite */
         int epoch_end = r->micro + c->accum_iter > (int64_t)steps_per_epoch * c->accum_iter;
         double val_loss = NAN;
         int64_t val_tokens = 0;
-        if (r->has_val && (epoch_end || (c->eval_every && r->step % c->eval_every == 0) || r->step == total))
+        if (r->has_val && (epoch_end || (c->eval_every && r->step % c->eval_every == 0) || r->step == total)) {
             val_loss = validate(r, &val_tokens);
+            if (!isfinite(val_loss)) {
+                snprintf(err, errlen, "step %lld: the validation loss is not finite (%g): stopped; the checkpoints in %s are "
+                         "those of earlier steps", (long long)r->step, val_loss, c->out);
+                return -1;
+            }
+        }
         stop = dist_max_int(r->d, (int)g_stop);
-        if (r->metrics) {
+        if (r->metrics) { /* every number here is finite: the line is valid JSON */
             fprintf(r->metrics, "{\"step\":%lld,\"epoch\":%.9g,\"lr\":%.17g,\"loss\":%.9g,\"tokens\":%lld,\"total_tokens\":%lld,"
                                 "\"tokens_per_s\":%.1f,\"total_tokens_per_s\":%.1f",
                     (long long)r->step, e, lr, step_loss, (long long)tokens, (long long)all_tokens, tokens / dt, all_tokens / dt);
             if (!isnan(val_loss)) fprintf(r->metrics, ",\"val_loss\":%.9g,\"val_tokens\":%lld", val_loss, (long long)val_tokens);
             fputs("}\n", r->metrics);
-            fflush(r->metrics);
+            if (fflush(r->metrics) != 0 || ferror(r->metrics)) {
+                snprintf(err, errlen, "%s/metrics.jsonl: write failed at step %lld: %s", c->out, (long long)r->step,
+                         strerror(errno));
+                return -1;
+            }
         }
         double elapsed = omp_get_wtime() - t_start;
         char eta[32];
@@ -519,6 +613,74 @@ static int loop(run *r, const train_ckpt *resume_ck, const char *resume_file, ch
         return 130;
     }
     return 0;
+}
+
+/* p as an absolute path (relative paths are taken from base, or the working directory); a new
+ * string goes to owned. NULL and absolute paths are returned as they are. */
+static const char *absolute(const char *p, const char *base, char **owned, int *n_owned) {
+    char cwd[PATH_MAX];
+    if (!p || !*p || p[0] == '/' || *n_owned >= 16) return p;
+    if (!base) base = getcwd(cwd, sizeof cwd);
+    if (!base) return p;
+    while (p[0] == '.' && p[1] == '/') p += 2;
+    size_t n = strlen(base) + strlen(p) + 2;
+    char *s = malloc(n);
+    if (!s) return p;
+    snprintf(s, n, "%s/%s", base, !strcmp(p, ".") ? "" : p);
+    owned[(*n_owned)++] = s;
+    return s;
+}
+
+static int path_exists(const char *p) {
+    struct stat st;
+    return p && stat(p, &st) == 0;
+}
+
+/* Before validation: paths become absolute (so the stored config resumes from any working
+ * directory); a resumed run without --out continues in its checkpoint's folder; relative paths of
+ * a checkpoint written by an older build are found again from the folder the run was started
+ * in; --tokenizer defaults to MODEL_DIR/tokenizer.model; the default warm-up is clamped to a
+ * shorter run. Each change that the user did not ask for is printed as a note. */
+static void resolve_paths(train_config *c, const char *resume_file, char **owned, int *n_owned) {
+    char base_buf[PATH_MAX], *base = NULL;
+    if (resume_file) {
+        char ckdir[4096], real[PATH_MAX];
+        snprintf(ckdir, sizeof ckdir, "%s", resume_file);
+        const char *dir = dirname(ckdir);
+        if (!c->given_out && *n_owned < 16 && (owned[*n_owned] = strdup(dir))) c->out = owned[(*n_owned)++];
+        /* an old config with a relative out "runs/x" whose checkpoint sits in /w/runs/x was
+         * started in /w: its other relative paths are relative to /w */
+        const char *out0 = c->out;
+        if (realpath(dir, real) && out0 && out0[0] != '/') {
+            size_t lr = strlen(real), lo = strlen(out0);
+            if (lo < lr && !strcmp(real + lr - lo, out0) && real[lr - lo - 1] == '/') {
+                snprintf(base_buf, sizeof base_buf, "%.*s", (int)(lr - lo - 1), real);
+                base = base_buf;
+            }
+        }
+    }
+    const char **paths[5] = {&c->model, &c->tokenizer, &c->data, &c->val_data, &c->init_adapter};
+    for (int i = 0; i < 5; i++) {
+        const char *p = *paths[i];
+        if (!p) continue;
+        if (base && p[0] != '/' && !path_exists(p)) *paths[i] = absolute(p, base, owned, n_owned);
+        else *paths[i] = absolute(p, NULL, owned, n_owned);
+    }
+    c->out = absolute(c->out, NULL, owned, n_owned);
+    struct stat st;
+    if (!c->tokenizer && c->model && stat(c->model, &st) == 0 && S_ISDIR(st.st_mode)) {
+        char tp[PATH_MAX];
+        snprintf(tp, sizeof tp, "%s/tokenizer.model", c->model);
+        if (path_exists(tp) && *n_owned < 16 && (owned[*n_owned] = strdup(tp))) { /* c->model is absolute already */
+            c->tokenizer = owned[(*n_owned)++];
+            printf("note: --tokenizer defaults to %s (the model directory's)\n", c->tokenizer);
+        }
+    }
+    if (!c->given_warmup && c->warmup_epochs > c->epochs && c->epochs >= 1) {
+        printf("note: the default warm-up of %g epochs is longer than --epochs %d: warming up over the whole run "
+               "(--warmup-epochs %d; give --warmup-epochs to choose)\n", c->warmup_epochs, c->epochs, c->epochs);
+        c->warmup_epochs = c->epochs;
+    }
 }
 
 static int train_main(const dist *d, int argc, char **argv);
@@ -567,13 +729,15 @@ static int train_main(const dist *d, int argc, char **argv) {
         return pr > 0 ? 0 : 2;
     }
     if (have_ck) c.init_adapter = NULL; /* the checkpoint supersedes the run's starting adapter */
-    if (c.threads > 0) omp_set_num_threads(c.threads);
-    else if (d->local_world > 1) omp_set_num_threads(omp_get_num_procs() / d->local_world > 1 ? omp_get_num_procs() / d->local_world : 1);
     run r;
     memset(&r, 0, sizeof r);
     r.c = &c;
     r.d = d;
+    r.rd.fd = -1;
     int status = 1;
+    char *owned[16]; /* path strings made here (freed at the end) */
+    int n_owned = 0;
+    resolve_paths(&c, have_ck ? resume_file : NULL, owned, &n_owned);
     if (c.json_world_size && c.json_world_size != d->world) {
         fprintf(stderr, "llama-adapter train: %s: made for %d process%s, this run has %d (start it with mpirun -np %d)\n",
                 have_ck ? resume_file : "config", c.json_world_size, c.json_world_size > 1 ? "es" : "", d->world,
@@ -584,6 +748,22 @@ static int train_main(const dist *d, int argc, char **argv) {
         fprintf(stderr, "llama-adapter train: %s\n", err);
         status = 2;
         goto done;
+    }
+    if (c.threads > 0) omp_set_num_threads(c.threads);
+    else if (d->local_world > 1) omp_set_num_threads(omp_get_num_procs() / d->local_world > 1 ? omp_get_num_procs() / d->local_world : 1);
+    if (d->rank == 0) { /* lock --out and make sure it holds no other run before anything is loaded */
+        char note[1200];
+        int64_t own = -1;
+        if (have_ck) {
+            char a[PATH_MAX], b[PATH_MAX], ckdir[4096];
+            snprintf(ckdir, sizeof ckdir, "%s", resume_file);
+            if (realpath(dirname(ckdir), a) && realpath(c.out, b) && !strcmp(a, b)) own = ck.step;
+        }
+        if (run_dir_claim(&r.rd, c.out, own, c.overwrite, note, sizeof note, err, sizeof err)) {
+            fprintf(stderr, "llama-adapter train: %s\n", err);
+            goto done;
+        }
+        fputs(note, stdout);
     }
     if (setup(&r, err, sizeof err)) {
         fprintf(stderr, "llama-adapter train: %s\n", err);
@@ -621,7 +801,9 @@ static int train_main(const dist *d, int argc, char **argv) {
     status = lr;
 done:
     teardown(&r);
+    run_dir_release(&r.rd);
     if (have_ck) ckpt_free(&ck);
     train_config_free(&c);
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
     return status;
 }

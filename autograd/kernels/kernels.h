@@ -25,8 +25,16 @@ void kn_sgemm(int transA, int transB, int M, int N, int K, float alpha, const fl
 void kn_sgemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A,
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
-/* Rows of W (f32/f16/bf16) converted per tile: this many floats of workspace are needed by the
- * 16-bit paths of the linear kernels (0 for f32 weights). */
+/* The linear layer, W [NO,NI] in f32, f16 or bf16, T rows. Two paths, chosen per call:
+ *  - T > 1 on a CPU with AVX-512F (kn_f32_gemm_available()): kn_gemm_f32 (16-bit W converted
+ *    exactly while packing), deterministic and row-independent (a row's result does not depend
+ *    on T or on the other rows);
+ *  - otherwise OpenBLAS: sgemm on f32 W, 16-bit W converted to f32 per tile of 256 rows, and for
+ *    T == 1 the forward is a matrix-vector product in W's own type.
+ * work: kn_linear_workspace(wtype, NI, NO) floats, any alignment, for every T and all three
+ * functions (the GEMM's packing buffers for the largest T, or the 16-bit tile; 0 for f32 W on
+ * CPUs without AVX-512F); asked with omp_get_max_threads() as it is when calling. work == NULL
+ * (allowed when the size is 0, and with f32 W) takes the OpenBLAS path. */
 size_t kn_linear_workspace(ag_dtype wtype, int NI, int NO);
 /* y[T,NO] = x[T,NI] W[NO,NI]^T */
 void kn_linear_forward(float *y, const float *x, const void *W, ag_dtype wtype, int T, int NI, int NO,
@@ -35,7 +43,7 @@ void kn_linear_forward(float *y, const float *x, const void *W, ag_dtype wtype, 
 void kn_linear_backward_dx(float *dx, const float *dy, const void *W, ag_dtype wtype, int T, int NI,
                            int NO, float *work);
 /* dW[NO,NI] += dy[T,NO]^T x[T,NI] (f32 weights only) */
-void kn_linear_backward_dw(float *dW, const float *dy, const float *x, int T, int NI, int NO);
+void kn_linear_backward_dw(float *dW, const float *dy, const float *x, int T, int NI, int NO, float *work);
 
 /* ---- row-wise ------------------------------------------------------------------------------ */
 /* out[t] = table[ids[t]] (table in any dtype) */
@@ -66,18 +74,34 @@ void kn_gather_backward(float *dx, const float *dout, const int *idx, int n, int
  * queries are the LAST nq positions of its nk >= nq keys (nq == nk in training; a KV cache in
  * generation). q, out: [Tq, H*D]; k, v: [Tk, G*D]; ka, va: [K, G*D] or NULL (K = 0);
  * gval: [H] activated gate values, or NULL.
+ * Blocked (autograd/kernels/attention.c): tiles of at most 64 x 64 scores, those above the causal
+ * diagonal skipped, an online softmax; no [nq, nk] matrix is ever stored. The tile products are
+ * f32 (the exact path), or with bf16 = 1 on a CPU with AVX512-BF16 (kn_bf16_gemm_available())
+ * take bf16 operands summed in f32 (vdpbf16ps); the softmax, its statistics, the accumulators,
+ * the adapter prefix and every output stay f32 either way. Odd D or no AVX512-BF16: f32.
  * lse_tok, lse_ad: [Tq, H] log-sum-exp of each softmax, saved for the backward pass (may be NULL
- * in inference). work: kn_attention_workspace() floats. */
+ * in inference). work: kn_attention_workspace() floats, 8-byte aligned at least (f32: per thread
+ * a few tiles, about 85 KB at D = 128 whatever the length; bf16 adds the sequence's keys and
+ * values in bf16, linear in its length). */
 typedef struct kn_attn_shape {
     int n_seq, H, G, D, K;
     const int *qo, *ko;  /* [n_seq+1] row offsets */
+    const float *o;      /* backward only: the forward's output [Tq, H*D], from which the backward
+                          * takes rowsum(dout .* o) per row and head; NULL: the backward recomputes
+                          * the token part instead (one more pass over the tiles) */
+    int bf16;            /* 1: bf16 tile products where the CPU has them (see above); 0: f32 */
 } kn_attn_shape;
 size_t kn_attention_workspace(const kn_attn_shape *s, int max_threads);
 void kn_attention_forward(float *out, float *lse_tok, float *lse_ad, const float *q, const float *k,
                           const float *v, const float *ka, const float *va, const float *gval,
                           const kn_attn_shape *s, float *work);
 /* Gradients (each may be NULL when not needed): dq [Tq,H*D], dk, dv [Tk,G*D], dka, dva [K,G*D],
- * dgval [H] (gradient w.r.t. the ACTIVATED gate value). Requires qo == ko layouts (training). */
+ * dgval [H] (gradient w.r.t. the ACTIVATED gate value). Requires qo == ko layouts (training).
+ * Recomputes the probabilities tile by tile from lse_tok / lse_ad. work:
+ * kn_attention_backward_workspace() floats (per thread two tiles, a few rows, and the prefix
+ * gradient accumulators 2*K*G*D + H floats; bf16 adds twice the forward's key/value copies).
+ * Results depend only on the inputs and the thread count (dq, dk, dv and the forward not even on
+ * that), and a sequence's rows never on the other sequences of the batch. */
 size_t kn_attention_backward_workspace(const kn_attn_shape *s, int max_threads);
 void kn_attention_backward(float *dq, float *dk, float *dv, float *dka, float *dva, float *dgval,
                            const float *dout, const float *q, const float *k, const float *v,
@@ -122,4 +146,25 @@ void kn_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, cons
                   const void *B, ag_dtype btype, int ldb, float beta, float *C, int ldc, void *work);
 void kn_gemm_bf16_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                       const void *B, ag_dtype btype, int ldb, float beta, float *C, int ldc);
+
+/* f32 GEMM (autograd/kernels/gemm_f32.c, sharing gemm_bf16.c's skeleton, gemm_skel.h):
+ * C[M,N] = alpha * op(A) op(B) + beta * C with the shapes, flags and B types of kn_gemm_bf16, in
+ * f32 arithmetic: B (f32, f16 or bf16) converted exactly to f32 while packing, products summed
+ * with AVX-512F FMAs in one f32 accumulator per element and per slice of KN_F32_KC (1024) k, the
+ * slices added in order. beta == 0 never reads C; K == 0 or alpha == 0 gives C = beta * C without
+ * reading A or B. Threads as kn_gemm_bf16's. Deterministic and thread-count independent; an
+ * element depends only on its row of op(A), its column of op(B), alpha, beta and its old value
+ * (row independent: a row computed alone gives the same bits as in any product).
+ * work: kn_gemm_f32_workspace(M, N, K) bytes, 64-byte aligned, caller-owned; M < 0 and/or K < 0
+ * ask for a size that covers any M / any K (the packed A slice is capped at a fixed number of
+ * rows and the K slice at KN_F32_KC); the size covers omp_get_max_threads() threads as it is
+ * when asked. kn_f32_gemm_available(): 1 when the CPU has AVX-512F (kn_cpu()->avx512f); calling
+ * kn_gemm_f32 otherwise aborts. kn_gemm_f32_ref: the naive reference for tests (exact operand
+ * values, double accumulation). */
+int kn_f32_gemm_available(void);
+size_t kn_gemm_f32_workspace(int M, int N, int K);
+void kn_gemm_f32(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const void *B,
+                 ag_dtype btype, int ldb, float beta, float *C, int ldc, void *work);
+void kn_gemm_f32_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                     const void *B, ag_dtype btype, int ldb, float beta, float *C, int ldc);
 #endif

@@ -1,7 +1,9 @@
 /* GEMM kernels: OpenBLAS sgemm, its naive reference, and the linear layer y = x W^T with W in
- * f32, f16 or bf16. 16-bit weights are converted to f32 a tile of rows at a time into the
- * caller's workspace and multiplied by sgemm; nothing is converted twice per call and the
- * converted tile never exceeds LIN_TILE rows. This is the one place a bf16/AMX path would go. */
+ * f32, f16 or bf16. More than one row on a CPU with AVX-512F: our f32 GEMM (kn_gemm_f32, 16-bit
+ * W converted exactly while packing; OpenBLAS may run an AVX2 kernel there). Otherwise OpenBLAS:
+ * 16-bit weights are converted to f32 a tile of rows at a time into the caller's workspace and
+ * multiplied by sgemm; nothing is converted twice per call and the converted tile never exceeds
+ * LIN_TILE rows. One row (decoding): a matrix-vector product in W's own type. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -36,7 +38,21 @@ void kn_sgemm_ref(int transA, int transB, int M, int N, int K, float alpha, cons
         }
 }
 
+/* The f32 GEMM runs for T > 1 rows when the CPU has AVX-512F and the caller gave a workspace. */
+static int use_gemm_f32(int T, const float *work) { return T > 1 && work && kn_f32_gemm_available(); }
+
+/* The workspace rounded up to 64 bytes (kn_linear_workspace counts the slack). */
+static void *gemm_work(float *work) { return (void *)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
+
+static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
+
 size_t kn_linear_workspace(ag_dtype wtype, int NI, int NO) {
+    if (NI <= 0 || NO <= 0) return 0;
+    if (kn_f32_gemm_available()) { /* forward (T x NO x NI), dx (T x NI x NO), dW (NO x NI x T), any T */
+        size_t bytes = zmax(kn_gemm_f32_workspace(-1, NO, NI), kn_gemm_f32_workspace(-1, NI, NO));
+        if (wtype == AG_F32) bytes = zmax(bytes, kn_gemm_f32_workspace(NO, NI, -1));
+        return (bytes + 64 + sizeof(float) - 1) / sizeof(float);
+    }
     if (wtype == AG_F32) return 0;
     return (size_t)(NO < LIN_TILE ? NO : LIN_TILE) * (size_t)NI;
 }
@@ -94,6 +110,10 @@ void kn_linear_forward(float *y, const float *x, const void *W, ag_dtype wtype, 
         matvec(y, x, W, wtype, NI, NO);
         return;
     }
+    if (use_gemm_f32(T, work)) {
+        kn_gemm_f32(0, 1, T, NO, NI, 1.0f, x, NI, W, wtype, NI, 0.0f, y, NO, gemm_work(work));
+        return;
+    }
     if (wtype == AG_F32) {
         kn_sgemm(0, 1, T, NO, NI, 1.0f, x, NI, W, NI, 0.0f, y, NO);
         return;
@@ -108,6 +128,10 @@ void kn_linear_forward(float *y, const float *x, const void *W, ag_dtype wtype, 
 void kn_linear_backward_dx(float *dx, const float *dy, const void *W, ag_dtype wtype, int T, int NI,
                            int NO, float *work) {
     if (T == 0) return;
+    if (use_gemm_f32(T, work)) {
+        kn_gemm_f32(0, 0, T, NI, NO, 1.0f, dy, NO, W, wtype, NI, 1.0f, dx, NI, gemm_work(work));
+        return;
+    }
     if (wtype == AG_F32) {
         kn_sgemm(0, 0, T, NI, NO, 1.0f, dy, NO, W, NI, 1.0f, dx, NI);
         return;
@@ -119,7 +143,11 @@ void kn_linear_backward_dx(float *dx, const float *dy, const void *W, ag_dtype w
     }
 }
 
-void kn_linear_backward_dw(float *dW, const float *dy, const float *x, int T, int NI, int NO) {
+void kn_linear_backward_dw(float *dW, const float *dy, const float *x, int T, int NI, int NO, float *work) {
     if (T == 0) return;
+    if (use_gemm_f32(T, work)) {
+        kn_gemm_f32(1, 0, NO, NI, T, 1.0f, dy, NO, x, AG_F32, NI, 1.0f, dW, NI, gemm_work(work));
+        return;
+    }
     kn_sgemm(1, 0, NO, NI, T, 1.0f, dy, NO, x, NI, 1.0f, dW, NI);
 }
