@@ -504,6 +504,55 @@ static void round_to_bf16(model_weights *w) {
     }
 }
 
+/* Weights served from the file mapping give the same logits, bit for bit, as the same weights
+ * copied into owned memory (bf16 file: 16-bit tensors mapped as they are); inspect's view of
+ * what is mapped is right: every matrix but the HF-permuted wq/wk is mapped, norms are copies. */
+static void test_mapped_weights_equal_copied(void) {
+    llama_config c = tiny_config(4, 2, 0);
+    model_weights w;
+    CHECK(model_init_random(&w, &c, 23, 0.3f) == 0, "random model");
+    char dir16[512], err[512];
+    snprintf(dir16, sizeof dir16, "%s/hf_mapped", tmpdir);
+    CHECK(model_save_hf(dir16, &w, AG_BF16, 0, err, sizeof err) == 0, "%s", err);
+    model_free(&w);
+    model_weights a;
+    CHECK(model_load(dir16, &a, err, sizeof err) == 0, "%s", err);
+    int lens[3] = {7, 3, 11};
+    mbuf mb;
+    make_batch(&mb, lens, 3, c.vocab_size, 9);
+    float *mapped = model_logits(&a, NULL, &mb.mb);
+    /* the same tensors copied into owned buffers */
+    ag_tensor *list[64];
+    int n = 0, n_mapped = 0;
+    list[n++] = &a.tok_emb;
+    list[n++] = &a.cls;
+    for (int l = 0; l < c.n_layers; l++) {
+        llama_layer_weights *L = &a.layers[l];
+        CHECK(!model_is_mapped(&a, &L->wq) && !model_is_mapped(&a, &L->wk), "layer %d: HF wq/wk are un-permuted copies", l);
+        CHECK(!model_is_mapped(&a, &L->attn_norm), "layer %d: norms are f32 copies", l);
+        ag_tensor *t[] = {&L->wv, &L->wo, &L->w1, &L->w2, &L->w3};
+        for (int i = 0; i < 5; i++) list[n++] = t[i];
+    }
+    void *copies[64];
+    for (int i = 0; i < n; i++) {
+        n_mapped += model_is_mapped(&a, list[i]);
+        size_t bytes = ag_numel(list[i]) * ag_dtype_size(list[i]->dtype);
+        copies[i] = malloc(bytes);
+        memcpy(copies[i], list[i]->data, bytes);
+    }
+    CHECK(n_mapped == n, "%d of %d big tensors are mapped from the file", n_mapped, n);
+    for (int i = 0; i < n; i++) list[i]->data = copies[i];
+    CHECK(!model_is_mapped(&a, &a.layers[0].wv), "a repointed tensor is no longer reported as mapped");
+    float *copied = model_logits(&a, NULL, &mb.mb);
+    CHECK(memcmp(mapped, copied, (size_t)mb.mb.T * c.vocab_size * sizeof(float)) == 0,
+          "logits from mapped and copied weights differ");
+    printf("  %d of %d big tensors mapped (16-bit, as in the file); logits bit-identical to owned copies\n", n_mapped, n);
+    free(mapped);
+    free(copied);
+    for (int i = 0; i < n; i++) free(copies[i]);
+    model_free(&a);
+}
+
 /* The same weights as HF F32, HF BF16 and llama2.c files give the same logits (and equal the
  * double reference), with GQA and an untied classifier. */
 static void test_hf_and_llama2c_files_give_same_logits(void) {
@@ -670,6 +719,7 @@ int main(void) {
     RUN(test_recompute_is_bit_identical);
     RUN(test_zero_init_equals_base_model);
     RUN(test_hf_and_llama2c_files_give_same_logits);
+    RUN(test_mapped_weights_equal_copied);
     RUN(test_stories260k_matches_plain_forward);
     RUN(test_bad_model_files_fail_with_one_line);
     test_rmtree(tmpdir);
