@@ -8,15 +8,14 @@
  *     f32 FMA on zmm and on ymm (OpenBLAS may use either), and vdpbf16ps on zmm; GFLOP/s with 2
  *     flops per multiply-add (vdpbf16ps: 32 multiply-adds per zmm), one thread and all threads.
  * (2) OpenBLAS sgemm (f32 W), (3) kn_gemm_f32 (f32 W, the same operands as sgemm) and (4)
- *     kn_gemm_bf16 (bf16 W) at T = 2048 and 512 tokens, dim 4096,
- *     hidden 11008: forward y = x W^T (trans (0,1)) and input gradient dx += dy W (trans (0,0))
- *     for W [4096,4096], [11008,4096], [4096,11008], plus the weight gradient dW += dy^T x
- *     (trans (1,0), B = x in f32) at T = 512. Best of GEMM_PEAK_REPS timed calls per shape (one
- *     untimed call of each GEMM first warms up the thread pool and OpenBLAS's buffers); % is of
- *     the matching instruction peak (sgemm: the faster f32 FMA, f32: zmm FMA, bf16: vdpbf16ps) for
- *     all threads,
- *     taken as the larger of the all-thread loop and threads x the 1-thread loop (on a shared
- *     machine the all-thread loop may be slowed by other processes).
+ *     kn_gemm_bf16 (bf16 W) at T = 2048 and 512 tokens, dim 4096, hidden 11008: forward
+ *     y = x W^T (trans (0,1)) and input gradient dx += dy W (trans (0,0)) for W [4096,4096],
+ *     [11008,4096], [4096,11008], plus the weight gradient dW += dy^T x (trans (1,0), B = x in
+ *     f32) at T = 512. Best of GEMM_PEAK_REPS timed calls per shape (one untimed call of each GEMM
+ *     first warms up the thread pool and OpenBLAS's buffers); % is of the matching instruction
+ *     peak (sgemm: the faster f32 FMA, f32: zmm FMA, bf16: vdpbf16ps) for all threads, taken as
+ *     the larger of the all-thread loop and threads x the 1-thread loop (on a shared machine the
+ *     all-thread loop may be slowed by other processes).
  * What it does not do: check results (tests/test_gemm_f32.c and test_gemm_bf16.c do), time
  * conversion of 16-bit weights for sgemm (kn_linear_forward's fallback path), or run the f32 /
  * bf16 kernel columns on CPUs without AVX-512F / AVX512-BF16 (they print "n/a"). The whole run

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "checkpoints/adapter_file.h"
@@ -419,8 +420,91 @@ static herr_t collect_dataset(hid_t loc, const char *name, const H5L_info_t *inf
 }
 
 static int ckpt_adapter_set(const char *path, tensor_set *s, char *err, size_t errlen);
+static int ckpt_load_direct(const char *path, train_ckpt *c, char *err, size_t errlen);
+static int h5_adapter_read_direct(const char *path, tensor_set *s, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------- reading untrusted files
+ * h5_probe: 0 when the file reads cleanly (read it here), -1 with err otherwise.
+ * The HDF5 library (1.10 as Debian ships it) is not safe on damaged files: fuzzing found
+ * out-of-bounds reads and crashes in its attribute parsing (H5Aexists, H5Aiterate2),
+ * allocations of 2^56 bytes in its metadata cache, and leaks when an open fails. So a file is
+ * read first in a forked child (stderr silenced) by the same code. When the child finds the file
+ * bad, its one-line reason is the result and this process never hands the file to HDF5; when
+ * the child reads it whole, this process reads it again (the same reads then behave the same);
+ * a child that dies (a crash, or a sanitizer's abort) is reported as a damaged file in one line.
+ * The cost is a fork and a second read of a good file, from the page cache. */
+enum { PROBE_CKPT, PROBE_ADAPTER };
+
+static int h5_probe(const char *path, int kind, char *err, size_t errlen) {
+    int fds[2];
+    if (pipe(fds) != 0) return 0; /* cannot isolate: read in this process */
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return 0;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 2);
+        char e[1024];
+        int rc;
+        if (kind == PROBE_CKPT) {
+            train_ckpt c;
+            rc = ckpt_load_direct(path, &c, e, sizeof e);
+            if (rc == 0) ckpt_free(&c);
+        } else {
+            tensor_set t;
+            rc = h5_adapter_read_direct(path, &t, e, sizeof e);
+            if (rc == 0) ts_free(&t);
+        }
+        char msg[1 + sizeof e];
+        msg[0] = rc ? '1' : '0';
+        size_t len = rc ? strlen(e) : 0;
+        memcpy(msg + 1, e, len);
+        ssize_t w = write(fds[1], msg, 1 + len);
+        _exit(w > 0 ? 0 : 1); /* no atexit handlers, no leak report */
+    }
+    close(fds[1]);
+    char msg[1 + 1024];
+    size_t got = 0;
+    for (;;) {
+        ssize_t k = read(fds[0], msg + got, sizeof msg - 1 - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        got += (size_t)k;
+        if (got == sizeof msg - 1) break;
+    }
+    close(fds[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (got >= 1 && msg[0] == '0') return 0;
+    if (got >= 1 && msg[0] == '1') { /* a clean refusal: the child's reason */
+        msg[got] = 0;
+        snprintf(err, errlen, "%s", msg + 1);
+        return -1;
+    }
+    snprintf(err, errlen, "%s: damaged HDF5 file: the HDF5 library failed reading it (%s)", path,
+             WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "aborted");
+    return -1;
+}
 
 int h5_adapter_read(const char *path, tensor_set *s, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    if (h5_probe(path, PROBE_ADAPTER, err, errlen)) return -1;
+    return h5_adapter_read_direct(path, s, err, errlen);
+}
+
+int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen) {
+    memset(c, 0, sizeof *c);
+    if (h5_probe(path, PROBE_CKPT, err, errlen)) return -1;
+    return ckpt_load_direct(path, c, err, errlen);
+}
+
+static int h5_adapter_read_direct(const char *path, tensor_set *s, char *err, size_t errlen) {
     h5_quiet();
     memset(s, 0, sizeof *s);
     char why[160];
@@ -536,7 +620,7 @@ static int field_err(const char *path, const char *name, const char *want, char 
     return -1;
 }
 
-int ckpt_load(const char *path, train_ckpt *c, char *err, size_t errlen) {
+static int ckpt_load_direct(const char *path, train_ckpt *c, char *err, size_t errlen) {
     h5_quiet();
     memset(c, 0, sizeof *c);
     char why[160];
@@ -713,7 +797,7 @@ int ckpt_adapter_view(const train_ckpt *c, adapter_data *view, const char *path,
 /* The adapter of a training checkpoint as export tensors + metadata (for adapter_import). */
 static int ckpt_adapter_set(const char *path, tensor_set *s, char *err, size_t errlen) {
     train_ckpt c;
-    if (ckpt_load(path, &c, err, errlen)) return -1;
+    if (ckpt_load_direct(path, &c, err, errlen)) return -1; /* probed by h5_adapter_read */
     adapter_data a;
     int rc = -1;
     if (ckpt_adapter_view(&c, &a, path, err, errlen)) goto done;

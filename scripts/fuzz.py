@@ -18,7 +18,8 @@ the binary reads the mutant:
     alpaca (Alpaca JSON)                                    inspect FILE --tokenizer T
 
 A crash is a signal, a sanitizer report (AddressSanitizer, LeakSanitizer, UBSan "runtime error")
-or a sanitizer exit code; a hang is a run over 10 s. Either is saved under --out with the command
+or a sanitizer exit code; a hang is a run over 10 s, twice in a row (the second run rules out a
+moment of load on a shared machine). Either is saved under --out with the command
 that reproduces it. The last line is "N runs: C crashes, H hangs (M multi-line errors)"; the exit
 status is 1 when C + H > 0. Multi-line errors (a failure that prints more than one stderr line)
 are counted, not failed. Not run by make test (minutes); deliberately no coverage guidance.
@@ -203,6 +204,8 @@ def one_case(args):
             else:
                 cmd = [bin_, "inspect", p]
         code, err, dt = run(cmd, cwd=case)
+        if code is None:  # over 10 s: once more, so that a moment of load on a shared machine is not a hang
+            code, err, dt = run(cmd, cwd=case)
         crash = code is not None and (code < 0 or code >= 86 or any(m in err for m in SAN_MARKS))
         hang = code is None
         multi = code not in (None, 0) and not crash and err.count("\n") > 1

@@ -437,7 +437,8 @@ static void test_row_independent(void) {
                 const float *a = p.tA ? p.A + i0 : p.A + (size_t)i0 * p.lda;
                 gk->gemm(p.tA, p.tB, m, p.N, p.K, p.alpha, a, p.lda, p.B, p.bt, p.ldb, p.beta, c, p.ldc, ws);
                 int same = 1;
-                for (int i = 0; i < m; i++) same &= same_bits(c + (size_t)i * p.ldc, p.C + (size_t)(i0 + i) * p.ldc, (size_t)p.N);
+                for (int i = 0; i < m; i++)
+                    same &= same_bits(c + (size_t)i * p.ldc, p.C + (size_t)(i0 + i) * p.ldc, (size_t)p.N);
                 CHECK(same, "trans (%d,%d): rows [%d,%d) alone differ from the same rows of the %d-row product", tA, tB, i0,
                       i0 + m, p.M);
                 free(ws);
@@ -454,7 +455,8 @@ static void test_row_independent(void) {
                 const char *bj = (const char *)p.B + (p.tB ? (size_t)j0 * p.ldb : (size_t)j0) * es;
                 gk->gemm(p.tA, p.tB, p.M, n, p.K, p.alpha, p.A, p.lda, bj, p.bt, p.ldb, p.beta, c + j0, p.ldc, ws);
                 int same = 1;
-                for (int i = 0; i < p.M; i++) same &= same_bits(c + (size_t)i * p.ldc + j0, p.C + (size_t)i * p.ldc + j0, (size_t)n);
+                for (int i = 0; i < p.M; i++)
+                    same &= same_bits(c + (size_t)i * p.ldc + j0, p.C + (size_t)i * p.ldc + j0, (size_t)n);
                 CHECK(same, "trans (%d,%d): columns [%d,%d) alone differ from the same columns of the product", tA, tB, j0,
                       j0 + n);
                 free(ws);

@@ -40,8 +40,8 @@
  *                      16 B words of bv (__m512i)
  * and after it, as static functions:
  *   double sk_value(const void *p, ag_dtype t, size_t i)  operand i as the kernel multiplies it
- *   SK_TGT __m512i sk_load_words(const void *p, ag_dtype t, int e): the next 16 words of a row of
- *       16 * SK_KP values of type t from p (values from e on are 0 and not read)
+ *   SK_TGT __m512i sk_load_words(const void *p, ag_dtype t, int e): 16 words made of the
+ *       16 * SK_KP consecutive values of type t at p (values from e on are 0 and not read)
  *   SK_TGT void sk_pack_cols(uint32_t *dst, int R, size_t pstride, int W, const void *src, size_t ld,
  *       ag_dtype t, int nv, int kc): W lanes as ceil(W/R) panels of width R, pstride words apart,
  *       from a source whose rows are k and whose lanes run along each row (B without transB, A

@@ -32,7 +32,8 @@ void kn_sgemm_ref(int transA, int transB, int M, int N, int K, float alpha, cons
  *  - otherwise OpenBLAS: sgemm on f32 W, 16-bit W converted to f32 per tile of 256 rows, and for
  *    T == 1 the forward is a matrix-vector product in W's own type.
  * work: kn_linear_workspace(wtype, NI, NO) floats, any alignment, for every T and all three
- * functions (the GEMM's packing buffers for the largest T, or the 16-bit tile; 0 for f32 W on
+ * functions: the GEMM's packing buffers for any T (about 2 x 2128 x min(1024, width) floats plus
+ * 128K floats per thread) where it runs, and for 16-bit W the tile of 256 rows (0 for f32 W on
  * CPUs without AVX-512F); asked with omp_get_max_threads() as it is when calling. work == NULL
  * (allowed when the size is 0, and with f32 W) takes the OpenBLAS path. */
 size_t kn_linear_workspace(ag_dtype wtype, int NI, int NO);

@@ -48,13 +48,14 @@ static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
 size_t kn_linear_workspace(ag_dtype wtype, int NI, int NO) {
     if (NI <= 0 || NO <= 0) return 0;
+    /* the 16-bit tile (dx of a single row takes the tile path) */
+    size_t tile = wtype == AG_F32 ? 0 : (size_t)(NO < LIN_TILE ? NO : LIN_TILE) * (size_t)NI;
     if (kn_f32_gemm_available()) { /* forward (T x NO x NI), dx (T x NI x NO), dW (NO x NI x T), any T */
         size_t bytes = zmax(kn_gemm_f32_workspace(-1, NO, NI), kn_gemm_f32_workspace(-1, NI, NO));
         if (wtype == AG_F32) bytes = zmax(bytes, kn_gemm_f32_workspace(NO, NI, -1));
-        return (bytes + 64 + sizeof(float) - 1) / sizeof(float);
+        return zmax(tile, (bytes + 64 + sizeof(float) - 1) / sizeof(float));
     }
-    if (wtype == AG_F32) return 0;
-    return (size_t)(NO < LIN_TILE ? NO : LIN_TILE) * (size_t)NI;
+    return tile;
 }
 
 /* rows [r0, r0+n) of W as f32 into buf [n, NI] */
