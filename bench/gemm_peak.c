@@ -19,7 +19,7 @@
  * What it does not do: check results (tests/test_gemm_f32.c and test_gemm_bf16.c do), time
  * conversion of 16-bit weights for sgemm (kn_linear_forward's fallback path), or run the f32 /
  * bf16 kernel columns on CPUs without AVX-512F / AVX512-BF16 (they print "n/a"). The whole run
- * takes about 30 s on 2 idle cores. */
+ * takes about 45 s on 2 idle cores. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -86,6 +86,9 @@ static void test_values_out_of_range_are_refused(void) {
     write_text(tpath("lr.json"), "{\"lr\": 1e999}");
     snprintf(a, sizeof a, "train --config %s " COMMON " --out %s", tpath("lr.json"), FX, tpath("r0"));
     expect_fail_line(2, a, "\"lr\": expected a finite number", NULL);
+    write_text(tpath("null.json"), "{\"gate_act\": null, \"method\": null}"); /* found by scripts/fuzz.py */
+    snprintf(a, sizeof a, "train --config %s " COMMON " --out %s", tpath("null.json"), FX, tpath("r0"));
+    expect_fail_line(2, a, "--method '(null)': expected adapter or full", NULL);
     snprintf(a, sizeof a, "train --config %s " COMMON " --out %s", fx.dir, FX, tpath("r0"));
     expect_fail_line(2, a, "is a directory", NULL);
     CHECK(access(tpath("r0"), F_OK) != 0, "a refused run leaves no --out behind");

@@ -234,10 +234,13 @@ int train_config_validate(const train_config *c, int n_layers, char *err, size_t
     NEED(c->data, "--data is required (Alpaca-format JSON)");
     NEED(c->tokenizer, "--tokenizer is required (SentencePiece .model)");
     NEED(c->out && *c->out, "--out must name a run directory");
-    NEED(!strcmp(c->method, "adapter") || !strcmp(c->method, "full"), "--method '%s': expected adapter or full", c->method);
-    NEED(!strcmp(c->gate_act, "tanh") || !strcmp(c->gate_act, "identity"), "--gate-act '%s': expected tanh or identity", c->gate_act);
-    NEED(!strcmp(c->data_format, "auto") || !strcmp(c->data_format, "alpaca") || !strcmp(c->data_format, "text"),
-         "--data-format '%s': expected auto, alpaca or text", c->data_format);
+    /* a config file may set a string key to null */
+    NEED(c->method && (!strcmp(c->method, "adapter") || !strcmp(c->method, "full")), "--method '%s': expected adapter or full",
+         c->method ? c->method : "(null)");
+    NEED(c->gate_act && (!strcmp(c->gate_act, "tanh") || !strcmp(c->gate_act, "identity")),
+         "--gate-act '%s': expected tanh or identity", c->gate_act ? c->gate_act : "(null)");
+    NEED(c->data_format && (!strcmp(c->data_format, "auto") || !strcmp(c->data_format, "alpaca") || !strcmp(c->data_format, "text")),
+         "--data-format '%s': expected auto, alpaca or text", c->data_format ? c->data_format : "(null)");
     NEED(c->adapter_len >= 1 && c->adapter_len <= CFG_MAX_ADAPTER_LEN,
          "--adapter-len %d: expected 1..%d (each prompt costs as much as a token of attention; the paper uses 10)",
          c->adapter_len, CFG_MAX_ADAPTER_LEN);

@@ -9,14 +9,14 @@
  * The unit of packing is a 32-bit WORD holding SK_KP consecutive k of one row (bf16: a pair, so
  * SK_KP 2; f32: one value, SK_KP 1); a panel of width R is [ceil(kc/SK_KP)][R] words, k-major.
  *
- * Structure (GotoBLAS/BLIS style). Threads form a grid over C (N split first, M when N is narrow);
- * thread t owns C[m0:m1, n0:n1] and runs:
- *   for each super-block of its rows (MA / tm rows, tm grid rows), for each KC-deep slice of K (pc):
- *     the threads of its grid row pack A[rows, pc:pc+kc] together as MR-wide panels (two slices
+ * Structure (GotoBLAS/BLIS style). Threads form a grid of tm rows of tn threads (tm > 1 only
+ * when N is narrow); grid row r owns rows C[m0:m1] and its threads run:
+ *   for each super-block of the rows (MA / tm rows), for each KC-deep slice of K (pc):
+ *     the threads of the grid row pack A[rows, pc:pc+kc] together as MR-wide panels (two slices
  *       in turn), one barrier;
- *     for each NC-wide block of its columns (jc):
- *       pack B[pc:pc+kc, jc:jc+nc] as NR-wide panels (its own buffer; the next block's source is
- *       prefetched while this one is multiplied)
+ *     for each column block (at most NC wide) the thread takes from the grid row's counter:
+ *       pack B[pc:pc+kc, jc:jc+nc] as NR-wide panels (its own buffer; the source of the block it
+ *       takes next is prefetched while this one is multiplied)
  *       for each MC rows (ic), each NR panel of B (jr), each MR panel of A (ir):
  *         micro-kernel: an MR x NR tile of C in MR*NR/16 zmm accumulators; per word, NR/16 vector
  *         loads of B and MR broadcasts of one A word, each feeding SK_MADD;
@@ -25,8 +25,9 @@
  * micro-kernel always runs full tiles.
  *
  * Determinism: nobody splits the K sum and KC is a compile-time constant, so every element of C
- * is summed in the same order whatever the thread count, grid or super-block: results are
- * bit-identical for 1, 2 or 64 threads, and from inside a parallel region (single-threaded). An
+ * is summed in the same order whatever the thread count, grid, super-block or which thread took
+ * its column block: results are bit-identical for 1, 2 or 64 threads, and from inside a parallel
+ * region (single-threaded). An
  * element depends only on its row of op(A), its column of op(B), K, alpha, beta and its old
  * value: never on M, N, the strides or its place in a block (row independence).
  *
@@ -176,11 +177,14 @@ static size_t a_part_bytes(int M, int N, int K, int nt) {
     return most;
 }
 
-/* Bytes of workspace for a call (M or K < 0: enough for any M, any K). */
+#define CTR_BYTES 64 /* one column-block counter per grid row, a cache line each */
+
+/* Bytes of workspace for a call (M or K < 0: enough for any M, any K): the counters, the packed
+ * A slices, one B block per thread. */
 static size_t sk_workspace(int M, int N, int K) {
     if (M == 0 || N <= 0 || K == 0) return 0;
     int nt = plan_threads(M, N, K, omp_get_max_threads());
-    return a_part_bytes(M, N, K, nt) + (size_t)nt * b_slot_bytes(N, K);
+    return align64((size_t)nt * CTR_BYTES) + a_part_bytes(M, N, K, nt) + (size_t)nt * b_slot_bytes(N, K);
 }
 
 #ifdef SK_X86
@@ -369,48 +373,90 @@ static void split(int ntiles, int parts, int q, int *lo, int *hi) {
     *hi = *lo + base + (q < rem);
 }
 
-/* Thread t of nth: its block of C in the grid, C[m0:m1, n0:n1]. Loop order: rows in super-blocks
- * of sb_rows(tm) and K in slices of KC (the grid row's threads pack the A slice together, then one
- * barrier); columns in blocks of NC (B packed by this thread, the next block's source prefetched
- * meanwhile); then MC rows at a time so the A block stays in L2 while the NR panels of B pass
- * through. Each C element adds the K slices in order (pc = 0 applies beta), whoever computes it.
- * Every thread runs the same number of barriers, with or without work. */
+/* Column blocks of a grid row: thread c takes a fixed first block in each slice (so that its
+ * source can be prefetched during the slice before), then the others in turn from the row's
+ * counter as it finishes: even threads from the front (ascending), odd ones from the back
+ * (descending), so that the blocks a thread takes follow one another in memory. */
+static int first_block(int c, int tn, int nblk) {
+    if (nblk < tn) return c < nblk ? c : -1;
+    return c & 1 ? nblk - 1 - c / 2 : c / 2;
+}
+
+#define SLICE_MASK 0xffffffu /* the counter: slice (24 bits) << 40 | front (20) << 20 | back (20) */
+#define BLK_MASK 0xfffffu
+static uint32_t next_slice(uint32_t q) { return q == SLICE_MASK ? 1 : q + 1; } /* never 0 */
+
+/* The next column block of slice q (1 to SLICE_MASK, counting the (super-block, K slice) pairs of
+ * the call modulo the mask) for a thread of the given side (0: front, 1: back), or -1 when the
+ * blocks of slice q are all handed out. A thread asks for slice q only after its own last
+ * request for the slice before came back -1, so the counter leaves a slice only once it is
+ * exhausted, and no thread is more than one slice ahead of it. */
+static int grab(uint64_t *ctr, uint32_t q, int side, int tn, int nblk) {
+    uint32_t f0 = nblk < tn ? 0 : (uint32_t)(tn + 1) / 2, b0 = nblk < tn ? 0 : (uint32_t)(nblk - tn / 2);
+    uint64_t v = __atomic_load_n(ctr, __ATOMIC_RELAXED);
+    for (;;) {
+        uint32_t sl = (uint32_t)(v >> 40) & SLICE_MASK, f = f0, b = b0;
+        if (sl == next_slice(q)) return -1;
+        if (sl == q) f = (uint32_t)(v >> 20) & BLK_MASK, b = (uint32_t)v & BLK_MASK;
+        if (f >= b) return -1;
+        int got = side ? (int)--b : (int)f++;
+        uint64_t nv = (uint64_t)q << 40 | (uint64_t)f << 20 | b;
+        if (__atomic_compare_exchange_n(ctr, &v, nv, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) return got;
+    }
+}
+
+/* Thread t of nth, in grid row r = t / tn: rows C[m0:m1] (the row's share of M), all columns.
+ * Loop order: rows in super-blocks of sb_rows(tm) and K in slices of KC (the grid row's threads
+ * pack the A slice together, then one barrier); the columns in blocks of nb (at most NC), which
+ * the row's threads take in turn from a shared counter as they finish (so a thread slowed by
+ * other processes holds nobody up; see first_block and grab), each packing its block of B into
+ * its own buffer and prefetching the source of the block it takes next; then MC rows at a time so the A block stays
+ * in L2 while the NR panels of B pass through. Whoever computes a tile, each C element adds the
+ * K slices in order (pc = 0 applies beta): one thread per tile and slice, and the barrier of
+ * slice q + 1 comes after every tile of slice q. Every thread runs the same number of barriers,
+ * with or without work. */
 SK_TGT static void run_thread(const gemm_args *g, int nth, int t, char *work, size_t a_part, size_t b_slot) {
     int tm, tn;
     choose_grid(nth, g->M, g->N, &tm, &tn);
     int mt = (g->M + MR - 1) / MR, ntl = (g->N + NR - 1) / NR, r = t / tn, c = t % tn;
-    int mlo, mhi, nlo, nhi;
+    int mlo, mhi;
     split(mt, tm, r, &mlo, &mhi);
-    split(ntl, tn, c, &nlo, &nhi);
-    int m0 = mlo * MR, m1 = imin(g->M, mhi * MR), n0 = nlo * NR, n1 = imin(g->N, nhi * NR);
+    int m0 = mlo * MR, m1 = imin(g->M, mhi * MR);
+    /* column blocks: at least about 4 per thread of the row when N allows, at most NC wide */
+    int nb = NR * imax(1, imin(NC / NR, (ntl + 4 * tn - 1) / (4 * tn))), nblk = (g->N + nb - 1) / nb;
+    int b1 = first_block(c, tn, nblk);
+    uint64_t *ctr = (uint64_t *)(work + (size_t)r * CTR_BYTES);
     int sb = sb_rows(tm), rows_most = imin(g->M, (mt + tm - 1) / tm * MR), n_super = (rows_most + sb - 1) / sb;
     /* two A slices per grid row, used in turn: while a thread packs slice i+1, the others may
      * still multiply with slice i, and slice i-1 is free (everyone passed the barrier after it) */
     size_t a_slot = a_slot_bytes(g->M, g->K, tm);
-    uint32_t *bp = (uint32_t *)(work + a_part + (size_t)t * b_slot);
+    char *a_base = work + align64((size_t)nth * CTR_BYTES);
+    uint32_t *bp = (uint32_t *)(a_base + a_part + (size_t)t * b_slot);
     int turn = 0;
+    uint32_t q = 0; /* becomes 1 on the first slice */
     for (int s = 0; s < n_super; s++) {
         int ia = m0 + s * sb, ma = imax(0, imin(sb, m1 - ia));
         for (int pc = 0; pc < g->K; pc += KC, turn ^= 1) {
             int kc = imin(KC, g->K - pc), np = (kc + KP - 1) / KP;
             int mode = pc > 0 ? 2 : g->beta == 0.0f ? 0 : 1;
-            uint32_t *ap = (uint32_t *)(work + (size_t)(2 * r + turn) * a_slot);
+            uint32_t *ap = (uint32_t *)(a_base + (size_t)(2 * r + turn) * a_slot);
+            q = next_slice(q);
             for (int p = c; p * MR < ma; p += tn)
                 pack_a(ap + (size_t)p * np * MR, g, pc, kc, ia + p * MR, imin(MR, ma - p * MR));
-            int busy = ma > 0 && n0 < n1;
-            if (busy) pack_b(bp, g, pc, kc, n0, imin(NC, n1 - n0)); /* needs no A: before the wait */
+            int cur = ma > 0 ? b1 : -1;
+            if (cur >= 0) pack_b(bp, g, pc, kc, cur * nb, imin(nb, g->N - cur * nb)); /* needs no A: before the wait */
             if (nth > 1) {
 #pragma omp barrier
             } /* the slice is complete */
-            if (!busy) continue;
-            for (int jc = n0; jc < n1; jc += NC) {
-                int nc = imin(NC, n1 - jc);
-                if (jc > n0) pack_b(bp, g, pc, kc, jc, nc);
-                /* the block packed next: same slice, next columns; else next slice; else next rows */
+            while (cur >= 0) {
+                int jc = cur * nb, nc = imin(nb, g->N - jc), next = grab(ctr, q, c & 1, tn, nblk);
+                /* the block packed next: the one just taken; else the first block of the next slice,
+                 * or of the next super-block's first slice */
                 pf_cursor pf = {0};
-                if (jc + NC < n1) pf_b(&pf, g, pc, kc, jc + NC, imin(NC, n1 - jc - NC));
-                else if (pc + KC < g->K) pf_b(&pf, g, pc + KC, imin(KC, g->K - pc - KC), n0, imin(NC, n1 - n0));
-                else if (ia + sb < m1) pf_b(&pf, g, 0, imin(KC, g->K), n0, imin(NC, n1 - n0));
+                if (next >= 0) pf_b(&pf, g, pc, kc, next * nb, imin(nb, g->N - next * nb));
+                else if (b1 >= 0 && pc + KC < g->K)
+                    pf_b(&pf, g, pc + KC, imin(KC, g->K - pc - KC), b1 * nb, imin(nb, g->N - b1 * nb));
+                else if (b1 >= 0 && ia + sb < m1) pf_b(&pf, g, 0, imin(KC, g->K), b1 * nb, imin(nb, g->N - b1 * nb));
                 int calls = ((ma + MR - 1) / MR) * ((nc + NR - 1) / NR);
                 int per_call = (pf.rows * pf.lines + calls - 1) / calls;
                 for (int ic = 0; ic < ma; ic += MC) {
@@ -425,6 +471,7 @@ SK_TGT static void run_thread(const gemm_args *g, int nth, int t, char *work, si
                         }
                     }
                 }
+                if ((cur = next) >= 0) pack_b(bp, g, pc, kc, cur * nb, imin(nb, g->N - cur * nb));
             }
         }
     }
@@ -433,6 +480,7 @@ SK_TGT static void run_thread(const gemm_args *g, int nth, int t, char *work, si
 static void gemm_avx512(const gemm_args *g, void *work) {
     int nt = plan_threads(g->M, g->N, g->K, omp_in_parallel() ? 1 : omp_get_max_threads());
     size_t a_part = a_part_bytes(g->M, g->N, g->K, nt), b_slot = b_slot_bytes(g->N, g->K);
+    memset(work, 0, (size_t)nt * CTR_BYTES); /* the block counters: slice 0, none handed out */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     run_thread(g, omp_get_num_threads(), omp_get_thread_num(), work, a_part, b_slot);
 }
@@ -445,6 +493,7 @@ static void sk_gemm(int transA, int transB, int M, int N, int K, float alpha, co
     AG_ASSERT(btype == AG_F32 || btype == AG_F16 || btype == AG_BF16, SK_NAME ": btype %d", (int)btype);
     if (M == 0 || N == 0) return;
     AG_ASSERT(ldc >= N, SK_NAME ": ldc %d < N %d", ldc, N);
+    AG_ASSERT((N + 16 * SK_NV - 1) / (16 * SK_NV) <= 0xfffff, SK_NAME ": N %d too large", N);
     if (K == 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
         return;
